@@ -1,0 +1,158 @@
+"""The `bflow` command line (DESIGN §7). Every command that prints a result takes --json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from bflow_tasks.settings import settings
+
+
+def _emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
+    click.echo(json.dumps(payload, default=str) if as_json else text)
+
+
+@click.group()
+def main() -> None:
+    """Bflow: approval workflows for ERP documents, carried by Celery."""
+
+
+# --- database ---------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def db_upgrade(revision: str, as_json: bool) -> None:
+    """Apply the Alembic migrations to BFLOW_DATABASE_URL."""
+    from bflow_tasks import migrations
+
+    migrations.upgrade(settings.database_url, revision)
+    at = migrations.current(settings.database_url)
+    _emit(as_json, {"revision": at}, f"database at revision {at}")
+
+
+# --- tenants and workflows ----------------------------------------------------------------------
+
+
+@main.group()
+def tenant() -> None:
+    """Tenants and their API tokens."""
+
+
+@tenant.command("create")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def tenant_create(name: str, as_json: bool) -> None:
+    """Create a tenant and print its API token (shown this once only)."""
+    from bflow_tasks.db import session_scope
+    from bflow_tasks.engine import tenants
+
+    with session_scope() as session:
+        created, token = tenants.create_tenant(session, name=name)
+        tenant_id = created.id
+    _emit(
+        as_json,
+        {"tenant_id": tenant_id, "token": token},
+        f"tenant {name} created: {tenant_id}\nAPI token (shown once, keep it safe): {token}",
+    )
+
+
+@main.group()
+def workflow() -> None:
+    """Workflow definitions."""
+
+
+@workflow.command("import")
+@click.argument("file", type=click.File("r"))
+@click.option("--tenant", "tenant_id", required=True, help="The tenant id that owns the workflow.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def workflow_import(file: Any, tenant_id: str, as_json: bool) -> None:
+    """Validate a definition (JSON file) and store it as a new workflow."""
+    from bflow_tasks.db import session_scope
+    from bflow_tasks.engine import workflows
+    from bflow_tasks.engine.definitions import DefinitionError
+
+    try:
+        raw = json.load(file)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"{file.name} is not JSON: {exc}") from None
+    try:
+        with session_scope() as session:
+            created, version = workflows.create_workflow(session, tenant_id=tenant_id, raw=raw)
+            result = {"id": created.id, "name": created.name, "version": version.version}
+    except DefinitionError as exc:
+        lines = "\n".join(f"  {p.path}: {p.message}" for p in exc.problems)
+        raise click.ClickException(f"the definition is invalid:\n{lines}") from None
+    _emit(
+        as_json, result, f"workflow {result['name']} imported: {result['id']} (version {result['version']})"
+    )
+
+
+@workflow.command("show")
+@click.argument("workflow_id")
+@click.option("--mermaid", is_flag=True, help="Print the graph as a Mermaid flowchart.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def workflow_show(workflow_id: str, mermaid: bool, as_json: bool) -> None:
+    """Show a workflow's current definition."""
+    from sqlalchemy import select
+
+    from bflow_tasks.db import session_scope
+    from bflow_tasks.engine import workflows
+    from bflow_tasks.engine.diagram import to_mermaid
+    from bflow_tasks.models import Workflow
+
+    with session_scope() as session:
+        found = session.scalars(select(Workflow).where(Workflow.id == workflow_id)).one_or_none()
+        if found is None:
+            raise click.ClickException(f"workflow {workflow_id} not found")
+        definition = workflows.load_definition(session, workflows.current_version(session, found).id)
+    if as_json:
+        payload = {"id": workflow_id, "definition": definition.model_dump(mode="json", exclude_none=True)}
+        if mermaid:
+            payload["mermaid"] = to_mermaid(definition)
+        click.echo(json.dumps(payload))
+    elif mermaid:
+        click.echo(to_mermaid(definition))
+    else:
+        click.echo(json.dumps(definition.model_dump(mode="json", exclude_none=True), indent=2))
+
+
+# --- running it ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--loglevel", default="info", show_default=True)
+def dev(host: str, port: int, loglevel: str) -> None:
+    """Run the shim, a worker and Beat in one process (the embedded default)."""
+    import uvicorn
+
+    from bflow_tasks import migrations
+    from bflow_tasks.embedded import worker_and_beat
+
+    migrations.upgrade(settings.database_url)
+    with worker_and_beat(loglevel=loglevel.upper()):
+        uvicorn.run("api_shim.app:app", host=host, port=port, log_level=loglevel)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the timeline.")
+def demo(as_json: bool) -> None:
+    """Seed a tenant and a workflow, drive documents through it over HTTP, print the timeline."""
+    from bflow_tasks.demo import run_demo
+
+    sys.exit(run_demo(as_json=as_json))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Hand admitted commands to the broker, after commit, or say that it could not be done."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Signature
+
+from bflow_tasks.celery_app import app
+from bflow_tasks.models import RuntimeCommand
+from bflow_tasks.tasks import workflow
+
+log = logging.getLogger(__name__)
+
+# A publish that cannot reach the broker gives up quickly: the caller answers 503 rather
+# than holding the HTTP request while kombu reconnects forever.
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not take the message; the command was not handed over."""
+
+
+def command_signature(command: RuntimeCommand) -> Signature:
+    """Return the chain that applies a command and opens the stages it unlocks."""
+    ids = {"command_id": command.id, "runtime_id": command.runtime_id}
+    if command.kind == "start":
+        first = workflow.start_runtime.si(**ids)
+    elif command.kind == "action":
+        first = workflow.record_action.si(
+            **ids, task_id=command.assignee_id, action=command.payload.get("action", "")
+        )
+    elif command.kind == "resubmit":
+        first = workflow.resubmit.si(**ids)
+    elif command.kind == "cancel":
+        first = workflow.cancel.si(**ids)
+    else:
+        raise ValueError(f"unknown command kind {command.kind!r}")
+    return first | workflow.open_stages.s()
+
+
+def publish_command(command: RuntimeCommand) -> None:
+    """Send a committed command's chain; raise BrokerUnavailable if the broker refused it."""
+    try:
+        command_signature(command).apply_async(retry=True, retry_policy=PUBLISH_RETRY)
+    except Exception as exc:  # kombu raises transport-specific errors
+        log.warning("broker refused command %s: %s", command.id, exc)
+        raise BrokerUnavailable(str(exc)) from exc
+
+
+def publish_opening(stage_ids: list[str]) -> None:
+    """Send the opening of stages (the sweep's way to finish a lost chord)."""
+    workflow.open_stages.apply_async(args=(stage_ids,), retry=True, retry_policy=PUBLISH_RETRY)
+
+
+__all__ = ["BrokerUnavailable", "app", "command_signature", "publish_command", "publish_opening"]

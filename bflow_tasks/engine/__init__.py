@@ -1,0 +1,1 @@
+"""The pure domain: definitions, graph checks, conditions, transitions (no Celery, no HTTP)."""

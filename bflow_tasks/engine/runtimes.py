@@ -1,0 +1,450 @@
+"""Runtimes: admit requests as commands, then apply each command as one locked transition.
+
+A request (`submit`, `request_action`, ...) checks everything a caller can get wrong and
+writes a RuntimeCommand in the caller's transaction; nothing else changes. Applying a
+command (`start`, `apply_action`, ...) locks the runtime row, is a no-op when the command
+was already applied (a redelivered message), and returns the ids of the stages it opened
+so the caller can enqueue their opening after commit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bflow_tasks.engine import clock, journal, stages
+from bflow_tasks.engine.approvers import ApproversUnresolved
+from bflow_tasks.engine.errors import Conflict, Forbidden, InvalidInput, NotFound
+from bflow_tasks.engine.workflows import current_version, get_workflow, load_definition
+from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeCommand, RuntimeStage
+
+ACTIONS = ("approve", "reject", "return", "delegate")
+
+
+def lock(session: Session, runtime_id: str) -> Runtime:
+    """Load a runtime with its row locked until the transaction ends (SQLite: BEGIN IMMEDIATE)."""
+    runtime = session.scalars(
+        select(Runtime)
+        .where(Runtime.id == runtime_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if runtime is None:
+        raise NotFound(f"runtime {runtime_id} not found")
+    return runtime
+
+
+def get_runtime(session: Session, *, tenant_id: str, runtime_id: str) -> Runtime:
+    """Return the tenant's runtime, or NotFound (another tenant's id is not found either)."""
+    runtime = session.scalars(
+        select(Runtime).where(Runtime.id == runtime_id, Runtime.tenant_id == tenant_id)
+    ).one_or_none()
+    if runtime is None:
+        raise NotFound(f"runtime {runtime_id} not found")
+    return runtime
+
+
+# --- requests (the shim's side) -------------------------------------------------------------
+
+
+def submit(
+    session: Session,
+    *,
+    tenant_id: str,
+    workflow_id: str,
+    document_type: str,
+    document_id: str,
+    data: dict[str, Any],
+    submitted_by: str,
+    idempotency_key: str | None = None,
+) -> tuple[Runtime, RuntimeCommand | None]:
+    """Admit a document: a pending runtime and its start command, or the earlier one for a replayed key.
+
+    Returns the command to publish, or None when the Idempotency-Key names a runtime that
+    was already accepted (nothing new to enqueue).
+    """
+    request = {"workflow_id": workflow_id, "document_type": document_type, "document_id": document_id}
+    if idempotency_key is not None:
+        earlier = _by_idempotency_key(session, tenant_id, idempotency_key)
+        if earlier is not None:
+            return _replayed(earlier, request), None
+    workflow = get_workflow(session, tenant_id=tenant_id, workflow_id=workflow_id)
+    if not workflow.is_active:
+        raise Conflict(f"workflow {workflow_id} is deactivated")
+    if workflow.document_type != document_type:
+        raise InvalidInput(
+            f"document_type '{document_type}' does not match the workflow's '{workflow.document_type}'",
+            details=[{"path": "$.document_type", "message": "does not match the workflow"}],
+        )
+    _refuse_if_in_flight(session, tenant_id, document_type, document_id)
+    runtime = Runtime(
+        tenant_id=tenant_id,
+        company_id=workflow.company_id,
+        workflow_id=workflow.id,
+        workflow_version_id=current_version(session, workflow).id,
+        document_type=document_type,
+        document_id=document_id,
+        data=data,
+        submitted_by=submitted_by,
+        idempotency_key=idempotency_key,
+        created_at=clock.now(),
+    )
+    try:
+        with session.begin_nested():
+            session.add(runtime)
+            session.flush()
+    except IntegrityError:
+        # A concurrent submit of the same key or document won the race.
+        if idempotency_key is not None:
+            earlier = _by_idempotency_key(session, tenant_id, idempotency_key)
+            if earlier is not None:
+                return _replayed(earlier, request), None
+        _refuse_if_in_flight(session, tenant_id, document_type, document_id)
+        raise
+    command = _command(session, runtime, kind="start", dedupe_key=f"start:{runtime.id}", actor=submitted_by)
+    stages.add_viewer(session, runtime, submitted_by)
+    journal.log(session, runtime, "runtime.submitted", actor=submitted_by)
+    journal.emit(session, runtime, "runtime.created", actor=submitted_by, status="pending")
+    return runtime, command
+
+
+def request_action(
+    session: Session,
+    *,
+    tenant_id: str,
+    task_id: str,
+    action: str,
+    actor: str,
+    comments: str | None = None,
+    delegate_to: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> RuntimeCommand:
+    """Admit a person's action on their task, refusing anything that could not be applied."""
+    assignee = session.scalars(
+        select(RuntimeAssignee).where(RuntimeAssignee.id == task_id, RuntimeAssignee.tenant_id == tenant_id)
+    ).one_or_none()
+    if assignee is None:
+        raise NotFound(f"task {task_id} not found")
+    if action not in ACTIONS:
+        raise InvalidInput(f"unknown action '{action}'; expected one of {', '.join(ACTIONS)}")
+    if assignee.user != actor:
+        raise Forbidden(f"'{actor}' may not act on a task assigned to another user")
+    if assignee.status not in ("pending", "overdue"):
+        raise Conflict(f"task {task_id} is already {assignee.status}")
+    runtime = session.get_one(Runtime, assignee.runtime_id)
+    if runtime.status != "in_progress":
+        raise Conflict(f"runtime {runtime.id} is {runtime.status}")
+    if action == "delegate":
+        if not delegate_to:
+            raise InvalidInput(
+                "delegate needs 'delegate_to'", details=[{"path": "$.delegate_to", "message": "required"}]
+            )
+        if delegate_to == actor:
+            raise InvalidInput("a task cannot be delegated to its own assignee")
+        if delegate_to in {
+            p["user"] for p in session.get_one(RuntimeStage, assignee.runtime_stage_id).approvers
+        }:
+            raise Conflict(f"'{delegate_to}' already has a task on this stage")
+    if data:
+        _check_zones(session, runtime, assignee.node_key, data)
+    payload = {"action": action, "comments": comments, "delegate_to": delegate_to, "data": data or {}}
+    return _command(
+        session,
+        runtime,
+        kind="action",
+        dedupe_key=f"action:{task_id}",
+        actor=actor,
+        assignee_id=task_id,
+        payload=payload,
+        conflict=f"an action on task {task_id} was already accepted",
+    )
+
+
+def request_resubmit(
+    session: Session, *, tenant_id: str, runtime_id: str, actor: str, data: dict[str, Any] | None
+) -> RuntimeCommand:
+    """Admit the submitter's resubmission of a returned runtime."""
+    runtime = get_runtime(session, tenant_id=tenant_id, runtime_id=runtime_id)
+    if runtime.status != "returned":
+        raise Conflict(f"runtime {runtime_id} is {runtime.status}, not returned")
+    if actor != runtime.submitted_by:
+        raise Forbidden("only the submitter may resubmit")
+    return _command(
+        session,
+        runtime,
+        kind="resubmit",
+        dedupe_key=f"resubmit:{runtime.id}:{runtime.round}",
+        actor=actor,
+        payload={"data": data},
+        conflict=f"runtime {runtime_id} was already resubmitted",
+    )
+
+
+def request_cancel(session: Session, *, tenant_id: str, runtime_id: str, actor: str | None) -> RuntimeCommand:
+    """Admit the cancellation of a runtime that has not ended."""
+    runtime = get_runtime(session, tenant_id=tenant_id, runtime_id=runtime_id)
+    if runtime.status in stages.FINAL_STATUSES:
+        raise Conflict(f"runtime {runtime_id} has already ended ({runtime.status})")
+    return _command(
+        session,
+        runtime,
+        kind="cancel",
+        dedupe_key=f"cancel:{runtime.id}",
+        actor=actor,
+        conflict=f"runtime {runtime_id} is already being cancelled",
+    )
+
+
+def withdraw(session: Session, *, command_id: str) -> None:
+    """Undo an admitted command whose message the broker refused (the caller answers 503)."""
+    command = session.get(RuntimeCommand, command_id)
+    if command is None:
+        return
+    if command.kind == "start":
+        session.execute(delete(Runtime).where(Runtime.id == command.runtime_id))
+    else:
+        session.execute(delete(RuntimeCommand).where(RuntimeCommand.id == command_id))
+
+
+# --- commands (the worker's side) -----------------------------------------------------------
+
+
+def start(session: Session, *, command_id: str) -> list[str]:
+    """Start a pending runtime: pass the create node and open what follows it."""
+    command, runtime = _claim(session, command_id)
+    if command is None or runtime is None or runtime.status != "pending":
+        return _unopened(session, runtime)
+    runtime.status = "in_progress"
+    journal.log(session, runtime, "runtime.started", actor=runtime.submitted_by)
+    return _pass_create_node(session, runtime)
+
+
+def apply_action(session: Session, *, command_id: str) -> list[str]:
+    """Apply an admitted action; complete the stage when its mode is satisfied and route on."""
+    command, runtime = _claim(session, command_id)
+    if command is None or runtime is None:
+        return _unopened(session, runtime)
+    assignee = session.get_one(RuntimeAssignee, command.assignee_id, populate_existing=True)
+    stage = session.get_one(RuntimeStage, assignee.runtime_stage_id, populate_existing=True)
+    payload = command.payload
+    action, actor = payload["action"], command.actor or assignee.user
+    if (
+        runtime.status != "in_progress"
+        or stage.status != "open"
+        or assignee.status not in ("pending", "overdue")
+    ):
+        # The stage moved on between admission and now (a quorum reached, a cancel).
+        command.status, command.error = "refused", f"task is {assignee.status}, stage {stage.status}"
+        journal.log(session, runtime, "action.refused", actor=actor, assignee=assignee, message=command.error)
+        return []
+    if action == "delegate":
+        stages.delegate(session, runtime, stage, assignee, to_user=payload["delegate_to"])
+        journal.log(
+            session,
+            runtime,
+            "task.delegated",
+            actor=actor,
+            stage=stage,
+            assignee=assignee,
+            details={"to": payload["delegate_to"]},
+        )
+        return []
+    assignee.status, assignee.action_taken, assignee.completed_at = "completed", action, clock.now()
+    assignee.comments = payload.get("comments")
+    if payload.get("data"):
+        runtime.data = {**runtime.data, **payload["data"]}
+        journal.log(
+            session,
+            runtime,
+            "document.updated",
+            actor=actor,
+            stage=stage,
+            details={"fields": sorted(payload["data"])},
+        )
+    journal.log(
+        session,
+        runtime,
+        f"task.{action}",
+        actor=actor,
+        stage=stage,
+        assignee=assignee,
+        message=assignee.comments,
+    )
+    journal.emit(
+        session, runtime, "task.completed", stage=stage, assignee=assignee, actor=actor, status=action
+    )
+    outcome = stages.outcome_reached(session, stage, action=action)
+    if outcome is None:
+        return []
+    stages.complete_stage(session, runtime, stage, outcome=outcome)
+    return _route_or_fail(session, runtime, stage, outcome=outcome, actor=actor)
+
+
+def resubmit(session: Session, *, command_id: str) -> list[str]:
+    """Continue a returned runtime with revised data, from its create node, in a new round."""
+    command, runtime = _claim(session, command_id)
+    if command is None or runtime is None or runtime.status != "returned":
+        return _unopened(session, runtime)
+    runtime.status = "in_progress"
+    runtime.round += 1
+    if command.payload.get("data") is not None:
+        runtime.data = command.payload["data"]
+    journal.log(session, runtime, "runtime.resubmitted", actor=command.actor)
+    return _pass_create_node(session, runtime)
+
+
+def cancel(session: Session, *, command_id: str) -> list[str]:
+    """Cancel a runtime that has not ended yet."""
+    command, runtime = _claim(session, command_id)
+    if command is not None and runtime is not None and runtime.status not in stages.FINAL_STATUSES:
+        stages.finish(session, runtime, "cancelled", actor=command.actor)
+    return []
+
+
+def opening_plan(session: Session, *, stage_ids: list[str]) -> list[tuple[str, str]]:
+    """Return (stage id, user) for every approver of the given stages still being opened."""
+    rows = session.scalars(
+        select(RuntimeStage).where(
+            RuntimeStage.id.in_(stage_ids), RuntimeStage.status == "open", RuntimeStage.started_at.is_(None)
+        )
+    ).all()
+    return [(stage.id, planned["user"]) for stage in rows for planned in stage.approvers]
+
+
+def assign(session: Session, *, stage_id: str, user: str) -> str | None:
+    """Create one approver's task on a stage being opened (a chord header); return its id."""
+    stage = session.get(RuntimeStage, stage_id)
+    if stage is None:
+        return None
+    runtime = lock(session, stage.runtime_id)
+    session.refresh(stage)
+    assignee = stages.add_assignee(session, runtime, stage, user=user)
+    return assignee.id if assignee else None
+
+
+def mark_started(session: Session, *, stage_ids: list[str]) -> None:
+    """Record that the given stages' opening chord finished (the chord body)."""
+    for stage_id in stage_ids:
+        stage = session.get(RuntimeStage, stage_id)
+        if stage is None:
+            continue
+        runtime = lock(session, stage.runtime_id)
+        session.refresh(stage)
+        stages.mark_started(session, runtime, stage)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _claim(session: Session, command_id: str) -> tuple[RuntimeCommand | None, Runtime | None]:
+    """Lock the command's runtime; return the command only if it still has to be applied.
+
+    A command that does not exist was withdrawn after the broker refused it (or its runtime
+    was archived): its late message changes nothing.
+    """
+    runtime_id = session.scalar(select(RuntimeCommand.runtime_id).where(RuntimeCommand.id == command_id))
+    if runtime_id is None:
+        return None, None
+    runtime = lock(session, runtime_id)
+    command = session.get_one(RuntimeCommand, command_id, populate_existing=True)
+    if command.status != "requested":
+        return None, runtime
+    command.status, command.applied_at = "applied", clock.now()
+    return command, runtime
+
+
+def _unopened(session: Session, runtime: Runtime | None) -> list[str]:
+    """Ids of stages still waiting for their opening chord: a replay re-sends them, harmlessly."""
+    if runtime is None:
+        return []
+    return [stage.id for stage in stages.open_stages(session, runtime)]
+
+
+def _pass_create_node(session: Session, runtime: Runtime) -> list[str]:
+    stage = stages.pass_create_node(session, runtime)
+    return _route_or_fail(session, runtime, stage, outcome="complete", actor=runtime.submitted_by)
+
+
+def _route_or_fail(
+    session: Session, runtime: Runtime, stage: RuntimeStage, *, outcome: str, actor: str | None
+) -> list[str]:
+    """Route on; if the document cannot go on, end the runtime in `error` and say why."""
+    try:
+        with session.begin_nested():
+            return stages.route(session, runtime, stage, outcome=outcome, actor=actor)
+    except (stages.RuntimeFailed, ApproversUnresolved) as exc:
+        stages.finish(session, runtime, "error", actor=actor, reason=str(exc))
+        return []
+
+
+def _command(
+    session: Session,
+    runtime: Runtime,
+    *,
+    kind: str,
+    dedupe_key: str,
+    actor: str | None,
+    assignee_id: str | None = None,
+    payload: dict[str, Any] | None = None,
+    conflict: str = "a conflicting request was already accepted",
+) -> RuntimeCommand:
+    command = RuntimeCommand(
+        runtime_id=runtime.id,
+        kind=kind,
+        dedupe_key=dedupe_key,
+        actor=actor,
+        assignee_id=assignee_id,
+        payload=payload or {},
+        created_at=clock.now(),
+    )
+    try:
+        with session.begin_nested():
+            session.add(command)
+            session.flush()
+    except IntegrityError:
+        raise Conflict(conflict) from None
+    return command
+
+
+def _check_zones(session: Session, runtime: Runtime, node_key: str, data: dict[str, Any]) -> None:
+    allowed = set(load_definition(session, runtime.workflow_version_id).node(node_key).zones)
+    outside = sorted(set(data) - allowed)
+    if outside:
+        raise Forbidden(
+            f"stage '{node_key}' may not edit {', '.join(outside)}",
+            details=[
+                {"path": f"$.data.{field}", "message": "outside this stage's zones"} for field in outside
+            ],
+        )
+
+
+def _by_idempotency_key(session: Session, tenant_id: str, key: str) -> Runtime | None:
+    return session.scalars(
+        select(Runtime).where(Runtime.tenant_id == tenant_id, Runtime.idempotency_key == key)
+    ).one_or_none()
+
+
+def _replayed(earlier: Runtime, request: dict[str, str]) -> Runtime:
+    same = (earlier.workflow_id, earlier.document_type, earlier.document_id) == tuple(request.values())
+    if not same:
+        raise Conflict("Idempotency-Key was already used for another document")
+    return earlier
+
+
+def _refuse_if_in_flight(session: Session, tenant_id: str, document_type: str, document_id: str) -> None:
+    running = session.scalar(
+        select(Runtime.id).where(
+            Runtime.tenant_id == tenant_id,
+            Runtime.document_type == document_type,
+            Runtime.document_id == document_id,
+            Runtime.in_flight.is_(True),
+        )
+    )
+    if running is not None:
+        raise Conflict(
+            f"document {document_type}/{document_id} is already in flight",
+            details={"runtime_id": running},
+        )

@@ -1,0 +1,349 @@
+"""Stages: open the next nodes (AND-split, joins, conditions), assign, complete, route.
+
+Every function here runs with the runtime row locked by the caller (`runtimes.lock`), so
+decisions about one runtime are serialised; the unique constraints on stage visits and
+assignees stop anything that slips past the lock.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from bflow_tasks.engine import approvers, clock, conditions, journal
+from bflow_tasks.engine.definitions import WorkflowDefinition
+from bflow_tasks.engine.graph import reachable_from
+from bflow_tasks.engine.workflows import load_definition, node_ids
+from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeStage, RuntimeViewer
+
+FINAL_STATUSES = ("completed", "rejected", "cancelled", "error")
+
+
+class RuntimeFailed(Exception):
+    """The workflow cannot go on for this document (no route, nobody to approve)."""
+
+
+def open_stages(session: Session, runtime: Runtime) -> list[RuntimeStage]:
+    """Return the runtime's stages that are open but whose opening chord has not finished."""
+    return list(
+        session.scalars(
+            select(RuntimeStage)
+            .where(
+                RuntimeStage.runtime_id == runtime.id,
+                RuntimeStage.status == "open",
+                RuntimeStage.started_at.is_(None),
+            )
+            .order_by(RuntimeStage.sequence)
+        )
+    )
+
+
+def route(
+    session: Session, runtime: Runtime, stage: RuntimeStage, *, outcome: str, actor: str | None
+) -> list[str]:
+    """Follow the associations that match a completed stage's outcome; return stages to open."""
+    definition = load_definition(session, runtime.workflow_version_id)
+    wanted = [outcome] + (["approve", "complete", None] if outcome in ("approve", "complete") else [])
+    targets = [
+        a.dest
+        for a in definition.outgoing(stage.node_key)
+        if a.on in wanted and conditions.evaluate(a.condition, runtime.data)
+    ]
+    if not targets:
+        if outcome == "reject":
+            finish(session, runtime, "rejected", actor=actor)
+            return []
+        if outcome == "return":
+            send_back(session, runtime, actor=actor)
+            return []
+        raise RuntimeFailed(f"no association out of '{stage.node_key}' matches outcome '{outcome}'")
+    opened: list[str] = []
+    for key in dict.fromkeys(targets):  # an AND-split: every matching branch at once
+        new_stage = _open_node(session, runtime, definition, key, arriving=stage)
+        if new_stage is not None and new_stage.status == "open":
+            opened.append(new_stage.id)
+    _complete_if_done(session, runtime)
+    return opened
+
+
+def _open_node(
+    session: Session, runtime: Runtime, definition: WorkflowDefinition, key: str, *, arriving: RuntimeStage
+) -> RuntimeStage | None:
+    node = definition.node(key)
+    if len(definition.incoming(key)) > 1 and not _join_passes(session, runtime, definition, key, arriving):
+        return None
+    people = approvers.resolve(session, runtime=runtime, node=node) if node.needs_people else []
+    stage = _new_stage(session, runtime, key=key, action=node.action, approvers=people)
+    if node.approvers:
+        stage.mode, stage.quorum = node.approvers.mode, node.approvers.quorum
+    if node.action == "end":
+        stage.status, stage.outcome, stage.started_at, stage.completed_at = (
+            "completed",
+            "complete",
+            stage.created_at,
+            stage.created_at,
+        )
+    session.add(stage)
+    session.flush()
+    journal.log(session, runtime, "stage.opened" if stage.status == "open" else "stage.reached", stage=stage)
+    return stage
+
+
+def pass_create_node(session: Session, runtime: Runtime) -> RuntimeStage:
+    """Record the submitter's pass through the create node (a stage completed on arrival)."""
+    key = load_definition(session, runtime.workflow_version_id).create_node.key
+    submitter = runtime.submitted_by
+    stage = _new_stage(
+        session, runtime, key=key, action="create", approvers=[{"user": submitter, "type": "submitter"}]
+    )
+    stage.status, stage.outcome = "completed", "complete"
+    stage.started_at = stage.completed_at = stage.created_at
+    session.add(stage)
+    session.flush()
+    session.add(
+        RuntimeAssignee(
+            runtime_id=runtime.id,
+            runtime_stage_id=stage.id,
+            tenant_id=runtime.tenant_id,
+            node_key=key,
+            user=submitter,
+            assign_type="submitter",
+            status="completed",
+            action_taken="submit",
+            created_at=stage.created_at,
+            completed_at=stage.created_at,
+        )
+    )
+    journal.log(session, runtime, "stage.reached", stage=stage, actor=submitter)
+    return stage
+
+
+def _new_stage(
+    session: Session, runtime: Runtime, *, key: str, action: str, approvers: list[dict[str, str]]
+) -> RuntimeStage:
+    """Build the next visit of a node; the runtime's lock makes visit and sequence unique."""
+    last_visit = session.scalar(
+        select(func.max(RuntimeStage.visit)).where(
+            RuntimeStage.runtime_id == runtime.id, RuntimeStage.node_key == key
+        )
+    )
+    runtime.stage_sequence += 1
+    return RuntimeStage(
+        runtime_id=runtime.id,
+        node_id=node_ids(session, runtime.workflow_version_id)[key],
+        node_key=key,
+        action=action,
+        round=runtime.round,
+        visit=(last_visit or 0) + 1,
+        sequence=runtime.stage_sequence,
+        approvers=approvers,
+        status="open",
+        created_at=clock.now(),
+    )
+
+
+def _join_passes(
+    session: Session, runtime: Runtime, definition: WorkflowDefinition, key: str, arriving: RuntimeStage
+) -> bool:
+    """Decide whether a branch arriving at a join opens it now.
+
+    A join already opened after the arriving branch began has absorbed this wave. `any`
+    opens on the first arrival; `all` waits while another open branch can still reach it,
+    so branches whose conditions were false never block it.
+    """
+    later_join = session.scalar(
+        select(func.count())
+        .select_from(RuntimeStage)
+        .where(
+            RuntimeStage.runtime_id == runtime.id,
+            RuntimeStage.node_key == key,
+            RuntimeStage.sequence > arriving.sequence,
+        )
+    )
+    if later_join:
+        return False
+    if definition.node(key).join == "any":
+        return True
+    still_open = session.scalars(
+        select(RuntimeStage.node_key).where(
+            RuntimeStage.runtime_id == runtime.id,
+            RuntimeStage.status == "open",
+            RuntimeStage.round == runtime.round,
+            RuntimeStage.id != arriving.id,
+        )
+    ).all()
+    return not any(key in reachable_from(definition, other) for other in still_open)
+
+
+def _complete_if_done(session: Session, runtime: Runtime) -> None:
+    """Complete the runtime once an end was reached and no branch is still open."""
+    if runtime.status != "in_progress":
+        return
+    rows = session.execute(
+        select(RuntimeStage.action, RuntimeStage.status).where(
+            RuntimeStage.runtime_id == runtime.id, RuntimeStage.round == runtime.round
+        )
+    ).all()
+    if any(status == "open" for _, status in rows):
+        return
+    if any(action == "end" for action, _ in rows):
+        finish(session, runtime, "completed")
+
+
+def add_assignee(
+    session: Session, runtime: Runtime, stage: RuntimeStage, *, user: str
+) -> RuntimeAssignee | None:
+    """Create one approver's task on an open stage (idempotent: an existing task is returned)."""
+    existing = session.scalars(
+        select(RuntimeAssignee).where(
+            RuntimeAssignee.runtime_stage_id == stage.id, RuntimeAssignee.user == user
+        )
+    ).one_or_none()
+    if existing is not None or stage.status != "open":
+        return existing
+    planned = next((p for p in stage.approvers if p["user"] == user), None)
+    if planned is None:
+        return None
+    return _assign(session, runtime, stage, user=user, assign_type=planned["type"])
+
+
+def _assign(
+    session: Session,
+    runtime: Runtime,
+    stage: RuntimeStage,
+    *,
+    user: str,
+    assign_type: str,
+    delegated_from: RuntimeAssignee | None = None,
+) -> RuntimeAssignee:
+    definition = load_definition(session, runtime.workflow_version_id)
+    sla_hours = definition.node(stage.node_key).sla_hours
+    now = clock.now()
+    assignee = RuntimeAssignee(
+        runtime_id=runtime.id,
+        runtime_stage_id=stage.id,
+        tenant_id=runtime.tenant_id,
+        node_key=stage.node_key,
+        user=user,
+        assign_type=assign_type,
+        delegated_from_id=delegated_from.id if delegated_from else None,
+        due_at=delegated_from.due_at
+        if delegated_from
+        else (now + timedelta(hours=sla_hours) if sla_hours else None),
+        created_at=now,
+    )
+    session.add(assignee)
+    add_viewer(session, runtime, user)
+    session.flush()
+    journal.log(session, runtime, "task.assigned", stage=stage, assignee=assignee, actor=user)
+    journal.emit(session, runtime, "task.assigned", stage=stage, assignee=assignee)
+    return assignee
+
+
+def delegate(
+    session: Session, runtime: Runtime, stage: RuntimeStage, assignee: RuntimeAssignee, *, to_user: str
+) -> RuntimeAssignee:
+    """Hand a pending task to another user; the new task keeps the original due time."""
+    assignee.status, assignee.action_taken, assignee.completed_at = "delegated", "delegate", clock.now()
+    journal.emit(session, runtime, "task.delegated", stage=stage, assignee=assignee, actor=assignee.user)
+    stage.approvers = [
+        {"user": to_user, "type": "delegated"} if p["user"] == assignee.user else p for p in stage.approvers
+    ]
+    return _assign(session, runtime, stage, user=to_user, assign_type="delegated", delegated_from=assignee)
+
+
+def add_viewer(session: Session, runtime: Runtime, user: str) -> None:
+    """Let a user see the runtime (submitter and every assignee)."""
+    known = session.scalar(
+        select(func.count())
+        .select_from(RuntimeViewer)
+        .where(RuntimeViewer.runtime_id == runtime.id, RuntimeViewer.user == user)
+    )
+    if not known:
+        session.add(RuntimeViewer(runtime_id=runtime.id, user=user))
+
+
+def mark_started(session: Session, runtime: Runtime, stage: RuntimeStage) -> None:
+    """Record that a stage's opening chord finished (every approver has a task)."""
+    if stage.status != "open" or stage.started_at is not None:
+        return
+    stage.started_at = clock.now()
+    journal.log(session, runtime, "stage.started", stage=stage)
+    journal.emit(session, runtime, "stage.started", stage=stage, status="open")
+
+
+def outcome_reached(session: Session, stage: RuntimeStage, *, action: str) -> str | None:
+    """Return the stage's outcome once its mode is satisfied, or None while it waits."""
+    if action in ("reject", "return"):
+        return action
+    approvals = (
+        session.scalar(
+            select(func.count())
+            .select_from(RuntimeAssignee)
+            .where(
+                RuntimeAssignee.runtime_stage_id == stage.id,
+                RuntimeAssignee.status == "completed",
+                RuntimeAssignee.action_taken == "approve",
+            )
+        )
+        or 0
+    )
+    needed = {"all": len(stage.approvers), "any": 1, "quorum": stage.quorum or 1}[stage.mode]
+    if approvals < needed:
+        return None
+    return "approve" if stage.action == "approve" else "complete"
+
+
+def complete_stage(session: Session, runtime: Runtime, stage: RuntimeStage, *, outcome: str) -> None:
+    """Close a stage with its outcome and cancel the tasks it no longer needs."""
+    now = clock.now()
+    stage.status, stage.outcome, stage.completed_at = "completed", outcome, now
+    _cancel_pending(session, stage_ids=[stage.id])
+    journal.log(session, runtime, "stage.completed", stage=stage, details={"outcome": outcome})
+    journal.emit(session, runtime, "stage.completed", stage=stage, status=outcome)
+
+
+def send_back(session: Session, runtime: Runtime, *, actor: str | None) -> None:
+    """Return the runtime to its submitter for revision; a resubmit continues it."""
+    _cancel_open(session, runtime)
+    runtime.status = "returned"
+    journal.log(session, runtime, "runtime.returned", actor=actor)
+    journal.emit(session, runtime, "runtime.returned", actor=actor, status="returned")
+
+
+def finish(
+    session: Session, runtime: Runtime, status: str, *, actor: str | None = None, reason: str | None = None
+) -> None:
+    """End the runtime in a final status; whatever is still open is cancelled."""
+    _cancel_open(session, runtime)
+    runtime.status = status
+    runtime.ended_at = clock.now()
+    runtime.in_flight = None  # frees the document for a new submission
+    if reason:
+        runtime.error = reason
+    journal.log(session, runtime, f"runtime.{status}", actor=actor, message=reason)
+    journal.emit(session, runtime, f"runtime.{status}", actor=actor, status=status)
+
+
+def _cancel_open(session: Session, runtime: Runtime) -> None:
+    stages = session.scalars(
+        select(RuntimeStage).where(RuntimeStage.runtime_id == runtime.id, RuntimeStage.status == "open")
+    ).all()
+    for stage in stages:
+        stage.status, stage.completed_at = "cancelled", clock.now()
+    _cancel_pending(session, stage_ids=[s.id for s in stages])
+
+
+def _cancel_pending(session: Session, *, stage_ids: list[str]) -> None:
+    if not stage_ids:
+        return
+    pending = session.scalars(
+        select(RuntimeAssignee).where(
+            RuntimeAssignee.runtime_stage_id.in_(stage_ids),
+            RuntimeAssignee.status.in_(("pending", "overdue")),
+        )
+    ).all()
+    for assignee in pending:
+        assignee.status = "cancelled"

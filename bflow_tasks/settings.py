@@ -1,0 +1,47 @@
+"""The one settings object: every knob comes from a BFLOW_* environment variable."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Runtime configuration (DESIGN §2); the defaults are the embedded, server-less setup."""
+
+    model_config = SettingsConfigDict(env_prefix="BFLOW_", extra="ignore")
+
+    database_url: str = "sqlite:///./bflow.db"
+    # memory:// and cache+memory:// live inside one process: the embedded default runs the
+    # shim, the worker and Beat in that process (`bflow dev`, `bflow demo`).
+    broker_url: str = "memory://"
+    result_backend: str = "cache+memory://"
+
+    webhook_allow_private: bool = False
+    webhook_retry_scale: float = Field(default=1.0, ge=0)
+    archive_after_days: int = Field(default=365, ge=0)
+    sla_scan_seconds: float = Field(default=60, gt=0)
+    sweep_seconds: float = Field(default=30, gt=0)
+
+    # A command or stage whose message has not been acted on after this long is re-enqueued
+    # by the sweep; long enough that a healthy worker has always picked it up first.
+    sweep_grace: timedelta = timedelta(seconds=30)
+    # Redis redelivers unacked messages after this; it must exceed the longest task.
+    visibility_timeout_seconds: int = 3600
+    # How long the shim waits for the broker before answering 503.
+    publish_timeout_seconds: float = 5.0
+    max_body_bytes: int = 256 * 1024
+    sql_echo: bool = False
+
+    @property
+    def is_embedded_broker(self) -> bool:
+        return self.broker_url.startswith("memory://")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+settings = Settings()

@@ -1,0 +1,73 @@
+"""Workflow tasks: apply a command, then open the stages it unlocked (a chord per opening)."""
+
+from __future__ import annotations
+
+from celery import chord, group
+from sqlalchemy.exc import DBAPIError
+
+from bflow_tasks.celery_app import app
+from bflow_tasks.db import session_scope
+from bflow_tasks.engine import runtimes
+
+# A database restart or an InnoDB deadlock is worth another try, with backoff; every task
+# is idempotent, so a retry after a partial attempt is safe.
+RETRY = {
+    "autoretry_for": (DBAPIError,),
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "max_retries": 12,
+    "acks_late": True,
+}
+
+
+@app.task(name="workflow.start_runtime", **RETRY)
+def start_runtime(command_id: str, runtime_id: str) -> list[str]:
+    """Start a submitted runtime; return the stages to open."""
+    with session_scope() as session:
+        return runtimes.start(session, command_id=command_id)
+
+
+@app.task(name="workflow.record_action", **RETRY)
+def record_action(command_id: str, runtime_id: str, task_id: str, action: str) -> list[str]:
+    """Apply a person's action on a task; return the stages it opened."""
+    with session_scope() as session:
+        return runtimes.apply_action(session, command_id=command_id)
+
+
+@app.task(name="workflow.resubmit", **RETRY)
+def resubmit(command_id: str, runtime_id: str) -> list[str]:
+    """Continue a returned runtime with revised data; return the stages to open."""
+    with session_scope() as session:
+        return runtimes.resubmit(session, command_id=command_id)
+
+
+@app.task(name="workflow.cancel", **RETRY)
+def cancel(command_id: str, runtime_id: str) -> list[str]:
+    """Cancel a runtime."""
+    with session_scope() as session:
+        return runtimes.cancel(session, command_id=command_id)
+
+
+@app.task(name="workflow.open_stages", **RETRY)
+def open_stages(stage_ids: list[str]) -> None:
+    """Fan out one assign task per approver, then mark the stages started (a chord)."""
+    with session_scope() as session:
+        plan = runtimes.opening_plan(session, stage_ids=stage_ids)
+    if not plan:
+        return
+    header = group(assign.si(stage_id=stage_id, user=user) for stage_id, user in plan)
+    chord(header)(stages_opened.si(stage_ids=sorted({stage_id for stage_id, _ in plan})))
+
+
+@app.task(name="workflow.assign", **RETRY)
+def assign(stage_id: str, user: str) -> str | None:
+    """Create one approver's task (chord header)."""
+    with session_scope() as session:
+        return runtimes.assign(session, stage_id=stage_id, user=user)
+
+
+@app.task(name="workflow.stages_opened", **RETRY)
+def stages_opened(stage_ids: list[str]) -> None:
+    """Record that the stages' approvers all have their tasks (chord body)."""
+    with session_scope() as session:
+        runtimes.mark_started(session, stage_ids=stage_ids)

@@ -1,0 +1,452 @@
+"""The engine's transitions on a real database (SQLite and MariaDB), driven like the tasks drive them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from bflow_tasks.engine import runtimes, workflows
+from bflow_tasks.engine.errors import Conflict, Forbidden, InvalidInput
+from bflow_tasks.models import RuntimeCommand, RuntimeEvent, RuntimeLog, RuntimeStage
+from tests.engine.driver import Driver
+from tests.factories import leave_request_definition
+
+
+def approve_node(key: str, sources: list[dict[str, Any]], mode: str = "all", **extra: Any) -> dict[str, Any]:
+    approvers: dict[str, Any] = {"mode": mode, "sources": sources}
+    if "quorum" in extra:
+        approvers["quorum"] = extra.pop("quorum")
+    return {"key": key, "name": key.title(), "action": "approve", "approvers": approvers, **extra}
+
+
+def definition(
+    nodes: list[dict[str, Any]], associations: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    return {
+        "name": "Test flow",
+        "document_type": "leave_request",
+        "nodes": [
+            {"key": "submit", "name": "Submit", "action": "create"},
+            *nodes,
+            {"key": "done", "name": "Done", "action": "end"},
+        ],
+        "associations": associations,
+        **extra,
+    }
+
+
+def single_stage(sources: list[dict[str, Any]], mode: str = "all", **extra: Any) -> dict[str, Any]:
+    return definition(
+        [approve_node("review", sources, mode, **extra)],
+        [{"source": "submit", "dest": "review"}, {"source": "review", "dest": "done"}],
+    )
+
+
+@pytest.fixture
+def d(session_factory) -> Driver:
+    return Driver(session_factory)
+
+
+# --- the main path and conditional routing -------------------------------------------------
+
+
+def test_small_amount_skips_finance(d):
+    rid = d.submit(d.workflow(leave_request_definition()), {"amount": 200})
+    for user in ("u1", "u2", "u3"):
+        d.act(rid, user)
+    assert d.status(rid) == "completed"
+    assert [key for key, _, _ in d.stages(rid)] == ["submit", "manager_review", "done"]
+
+
+def test_large_amount_goes_through_finance(d):
+    rid = d.submit(d.workflow(leave_request_definition()), {"amount": 5000})
+    for user in ("u1", "u2", "u3"):
+        d.act(rid, user)
+    assert d.stages(rid)[-1] == ("finance", "open", None)
+    d.act(rid, "fin1")
+    assert d.status(rid) == "completed"
+    assert d.runtime(rid).in_flight is None  # the document may be submitted again
+
+
+def test_no_matching_route_ends_in_error(d):
+    rid = d.submit(d.workflow(leave_request_definition()), {"amount": "not a number"})
+    for user in ("u1", "u2", "u3"):
+        d.act(rid, user)
+    runtime = d.runtime(rid)
+    assert runtime.status == "error"
+    assert "no association out of 'manager_review'" in runtime.error
+
+
+# --- approval modes --------------------------------------------------------------------------
+
+
+def test_mode_all_waits_for_every_approver(d):
+    rid = d.submit(d.workflow(single_stage([{"users": ["a", "b"]}], "all")), {})
+    d.act(rid, "a")
+    assert d.stages(rid)[-1] == ("review", "open", None)
+    d.act(rid, "b")
+    assert d.status(rid) == "completed"
+
+
+def test_mode_any_completes_on_first_approval_and_cancels_the_rest(d):
+    rid = d.submit(d.workflow(single_stage([{"users": ["a", "b", "c"]}], "any")), {})
+    d.act(rid, "b")
+    assert d.status(rid) == "completed"
+    assert d.tasks(rid) == {"alice": "completed", "a": "cancelled", "b": "completed", "c": "cancelled"}
+
+
+def test_mode_quorum_needs_n_approvals(d):
+    rid = d.submit(d.workflow(single_stage([{"users": ["a", "b", "c"]}], "quorum", quorum=2)), {})
+    d.act(rid, "a")
+    assert d.status(rid) == "in_progress"
+    d.act(rid, "c")
+    assert d.status(rid) == "completed"
+    assert d.tasks(rid)["b"] == "cancelled"
+
+
+def test_a_reject_rejects_the_runtime(d):
+    rid = d.submit(d.workflow(single_stage([{"users": ["a", "b"]}], "all")), {})
+    d.act(rid, "a")
+    d.act(rid, "b", "reject", comments="no budget")
+    assert d.status(rid) == "rejected"
+    assert d.stages(rid)[-1] == ("review", "completed", "reject")
+
+
+def test_reject_follows_an_on_reject_association(d):
+    flow = definition(
+        [approve_node("review", [{"users": ["a"]}]), approve_node("appeal", [{"users": ["boss"]}])],
+        [
+            {"source": "submit", "dest": "review"},
+            {"source": "review", "dest": "done"},
+            {"source": "review", "dest": "appeal", "on": "reject"},
+            {"source": "appeal", "dest": "done"},
+        ],
+    )
+    rid = d.submit(d.workflow(flow), {})
+    d.act(rid, "a", "reject")
+    assert d.stages(rid)[-1] == ("appeal", "open", None)
+    d.act(rid, "boss")
+    assert d.status(rid) == "completed"
+
+
+# --- approver sources -------------------------------------------------------------------------
+
+
+def test_approvers_from_field_actor_of_and_submitter(d):
+    flow = definition(
+        [
+            approve_node("manager", [{"field": "data.manager_id"}]),
+            approve_node("second", [{"actor_of": "manager"}, {"submitter": True}, {"field": "data.extra"}]),
+        ],
+        [
+            {"source": "submit", "dest": "manager"},
+            {"source": "manager", "dest": "second"},
+            {"source": "second", "dest": "done"},
+        ],
+    )
+    rid = d.submit(d.workflow(flow), {"manager_id": "m7", "extra": ["x1", "x2"]})
+    assert set(d.tasks(rid)) == {"alice", "m7"}
+    d.act(rid, "m7")
+    assert {u for u, s in d.tasks(rid).items() if s == "pending"} == {"m7", "alice", "x1", "x2"}
+
+
+def test_missing_field_approver_is_a_runtime_error(d):
+    rid = d.submit(d.workflow(single_stage([{"field": "data.manager_id"}])), {"amount": 1})
+    runtime = d.runtime(rid)
+    assert runtime.status == "error"
+    assert "no approver could be resolved" in runtime.error
+
+
+def test_quorum_larger_than_resolved_approvers_is_a_runtime_error(d):
+    rid = d.submit(
+        d.workflow(single_stage([{"field": "data.people"}], "quorum", quorum=3)), {"people": ["a", "b"]}
+    )
+    assert d.status(rid) == "error"
+
+
+# --- parallel branches -------------------------------------------------------------------------
+
+
+def split_join(join: str) -> dict[str, Any]:
+    return definition(
+        [
+            approve_node("legal", [{"users": ["l1"]}]),
+            approve_node("it", [{"users": ["i1"]}]),
+            approve_node("ceo", [{"users": ["boss"]}], join=join),
+        ],
+        [
+            {"source": "submit", "dest": "legal"},
+            {"source": "submit", "dest": "it"},
+            {"source": "legal", "dest": "ceo"},
+            {"source": "it", "dest": "ceo"},
+            {"source": "ceo", "dest": "done"},
+        ],
+    )
+
+
+def test_and_split_opens_both_branches_and_join_all_waits(d):
+    rid = d.submit(d.workflow(split_join("all")), {})
+    assert {k for k, s, _ in d.stages(rid) if s == "open"} == {"legal", "it"}
+    d.act(rid, "l1")
+    assert "ceo" not in [k for k, _, _ in d.stages(rid)]
+    d.act(rid, "i1")
+    assert d.stages(rid)[-1] == ("ceo", "open", None)
+    d.act(rid, "boss")
+    assert d.status(rid) == "completed"
+    assert [k for k, _, _ in d.stages(rid)].count("ceo") == 1
+
+
+def test_join_any_opens_on_first_arrival_once(d):
+    rid = d.submit(d.workflow(split_join("any")), {})
+    d.act(rid, "l1")
+    assert d.stages(rid)[-1] == ("ceo", "open", None)
+    d.act(rid, "i1")  # the second branch arrives: absorbed, no second ceo stage
+    assert [k for k, _, _ in d.stages(rid)].count("ceo") == 1
+    d.act(rid, "boss")
+    assert d.status(rid) == "completed"
+
+
+def test_join_all_does_not_wait_for_a_branch_whose_condition_was_false(d):
+    flow = split_join("all")
+    flow["associations"][1]["condition"] = {"var": "needs_it", "op": "==", "value": True}
+    rid = d.submit(d.workflow(flow), {"needs_it": False})
+    d.act(rid, "l1")
+    assert d.stages(rid)[-1] == ("ceo", "open", None)
+
+
+# --- return, resubmit, delegate, cancel, zones --------------------------------------------------------
+
+
+def test_return_then_resubmit_continues_the_same_runtime(d):
+    rid = d.submit(d.workflow(leave_request_definition()), {"amount": 5000})
+    d.act(rid, "u1")
+    d.act(rid, "u2", "return", comments="attach the receipt")
+    assert d.status(rid) == "returned"
+    assert d.tasks(rid)["u3"] == "cancelled"
+    d.resubmit(rid, data={"amount": 500, "receipt": "r.pdf"})
+    assert d.status(rid) == "in_progress"
+    assert d.runtime(rid).round == 2
+    for user in ("u1", "u2", "u3"):
+        d.act(rid, user)
+    assert d.status(rid) == "completed"  # 500 < 1000: no finance
+    assert [k for k, _, _ in d.stages(rid)].count("manager_review") == 2
+
+
+def test_resubmit_is_refused_unless_returned_and_by_the_submitter(d, session_factory):
+    rid = d.submit(d.workflow(leave_request_definition()), {"amount": 5})
+    with session_factory() as s, pytest.raises(Conflict):
+        runtimes.request_resubmit(s, tenant_id=d.tenant_id, runtime_id=rid, actor="alice", data=None)
+    d.act(rid, "u1", "return")
+    with session_factory() as s, pytest.raises(Forbidden):
+        runtimes.request_resubmit(s, tenant_id=d.tenant_id, runtime_id=rid, actor="mallory", data=None)
+
+
+def test_delegate_hands_the_task_over(d):
+    rid = d.submit(d.workflow(single_stage([{"users": ["a", "b"]}], "all")), {})
+    d.act(rid, "a", "delegate", delegate_to="deputy")
+    assert d.tasks(rid)["a"] == "delegated"
+    assert d.tasks(rid)["deputy"] == "pending"
+    d.act(rid, "b")
+    assert d.status(rid) == "in_progress"  # still one approval missing: the deputy's
+    d.act(rid, "deputy")
+    assert d.status(rid) == "completed"
+
+
+def test_delegate_needs_a_new_user(d, session_factory):
+    rid = d.submit(d.workflow(single_stage([{"users": ["a", "b"]}], "all")), {})
+    task = d.task_of(rid, "a")
+    with session_factory() as s:
+        with pytest.raises(InvalidInput):
+            runtimes.request_action(s, tenant_id=d.tenant_id, task_id=task, action="delegate", actor="a")
+        with pytest.raises(Conflict):
+            runtimes.request_action(
+                s, tenant_id=d.tenant_id, task_id=task, action="delegate", actor="a", delegate_to="b"
+            )
+
+
+def test_cancel_cancels_open_work(d):
+    rid = d.submit(d.workflow(leave_request_definition()), {"amount": 5})
+    d.cancel(rid)
+    assert d.status(rid) == "cancelled"
+    assert d.stages(rid)[-1] == ("manager_review", "cancelled", None)
+    assert set(d.tasks(rid).values()) == {"completed", "cancelled"}
+
+
+def test_zones_limit_what_an_action_may_edit(d, session_factory):
+    flow = single_stage([{"users": ["a"]}], zones=["approved_days"])
+    flow["zones"] = ["approved_days", "amount"]
+    rid = d.submit(d.workflow(flow), {"amount": 3, "approved_days": 0})
+    task = d.task_of(rid, "a")
+    with session_factory() as s, pytest.raises(Forbidden) as refused:
+        runtimes.request_action(
+            s, tenant_id=d.tenant_id, task_id=task, action="approve", actor="a", data={"amount": 9}
+        )
+    assert refused.value.details == [{"path": "$.data.amount", "message": "outside this stage's zones"}]
+    d.act(rid, "a", data={"approved_days": 2})
+    assert d.runtime(rid).data == {"amount": 3, "approved_days": 2}
+
+
+def test_wrong_actor_and_double_action_are_refused(d, session_factory):
+    rid = d.submit(d.workflow(single_stage([{"users": ["a", "b"]}], "all")), {})
+    task = d.task_of(rid, "a")
+    with session_factory() as s, pytest.raises(Forbidden):
+        runtimes.request_action(s, tenant_id=d.tenant_id, task_id=task, action="approve", actor="b")
+    d.request(rid, "a", "approve")  # admitted, not yet applied
+    with session_factory() as s, pytest.raises(Conflict):
+        runtimes.request_action(s, tenant_id=d.tenant_id, task_id=task, action="reject", actor="a")
+
+
+def test_another_tenant_cannot_see_the_task(d, session_factory):
+    rid = d.submit(d.workflow(single_stage([{"users": ["a"]}])), {})
+    other, task = Driver(session_factory), d.task_of(rid, "a")
+    with session_factory() as s, pytest.raises(runtimes.NotFound):
+        runtimes.request_action(s, tenant_id=other.tenant_id, task_id=task, action="approve", actor="a")
+
+
+# --- submit: idempotency and documents in flight ------------------------------------------------------
+
+
+def test_idempotency_key_replays_and_in_flight_document_conflicts(d, session_factory):
+    wf = d.workflow(leave_request_definition())
+    args = {
+        "tenant_id": d.tenant_id,
+        "workflow_id": wf,
+        "document_type": "leave_request",
+        "data": {"amount": 1},
+        "submitted_by": "alice",
+    }
+    with session_factory.begin() as s:
+        first, command = runtimes.submit(s, document_id="D9", idempotency_key="k1", **args)
+        first_id = first.id
+        assert command is not None
+    with session_factory.begin() as s:
+        again, command = runtimes.submit(s, document_id="D9", idempotency_key="k1", **args)
+        assert (again.id, command) == (first_id, None)
+    with session_factory() as s, pytest.raises(Conflict) as in_flight:
+        runtimes.submit(s, document_id="D9", **args)
+    assert in_flight.value.details == {"runtime_id": first_id}
+    with session_factory() as s, pytest.raises(Conflict):
+        runtimes.submit(s, document_id="D10", idempotency_key="k1", **args)
+    with session_factory() as s:
+        assert s.scalar(select(func.count()).select_from(RuntimeCommand)) == 1
+
+
+def test_a_finished_document_can_be_submitted_again(d):
+    wf = d.workflow(single_stage([{"users": ["a"]}]))
+    first = d.submit(wf, {}, document_id="D1")
+    d.act(first, "a")
+    second = d.submit(wf, {}, document_id="D1")
+    assert second != first and d.status(second) == "in_progress"
+
+
+def test_submit_refuses_a_mismatched_document_type_and_writes_nothing(d, session_factory):
+    wf = d.workflow(leave_request_definition())
+    with session_factory() as s, pytest.raises(InvalidInput):
+        runtimes.submit(
+            s,
+            tenant_id=d.tenant_id,
+            workflow_id=wf,
+            document_type="invoice",
+            document_id="X",
+            data={},
+            submitted_by="alice",
+        )
+    with session_factory() as s:
+        assert s.scalar(select(func.count()).select_from(RuntimeCommand)) == 0
+
+
+# --- redelivery: applying the same command twice is a no-op -------------------------------------------
+
+
+def test_replayed_commands_change_nothing(d, session_factory):
+    rid = d.submit(d.workflow(single_stage([{"users": ["a", "b"]}], "all")), {})
+    command_id = d.request(rid, "a", "approve")
+    d.apply(command_id, "action")
+    with session_factory() as s:
+        before = (
+            s.scalar(select(func.count()).select_from(RuntimeLog)),
+            s.scalar(select(func.count()).select_from(RuntimeEvent)),
+        )
+    d.apply(command_id, "action")  # the message redelivered after a worker died
+    with session_factory() as s:
+        start = s.scalars(select(RuntimeCommand.id).where(RuntimeCommand.kind == "start")).one()
+    d.apply(start, "start")
+    with session_factory() as s:
+        after = (
+            s.scalar(select(func.count()).select_from(RuntimeLog)),
+            s.scalar(select(func.count()).select_from(RuntimeEvent)),
+        )
+        assert s.scalar(select(func.count()).select_from(RuntimeStage)) == 2
+    assert before == after
+
+
+def test_opening_a_stage_twice_creates_each_task_once(d, session_factory):
+    rid = d.submit(d.workflow(single_stage([{"users": ["a", "b"]}], "all")), {})
+    with session_factory() as s:
+        stage_id = s.scalars(select(RuntimeStage.id).where(RuntimeStage.node_key == "review")).one()
+    with session_factory.begin() as s:
+        s.get_one(RuntimeStage, stage_id).started_at = None  # as if the chord body was lost
+    d.open([stage_id])
+    d.open([stage_id])
+    assert d.tasks(rid) == {"alice": "completed", "a": "pending", "b": "pending"}
+
+
+def test_events_are_sequenced_per_runtime(d, session_factory):
+    rid = d.submit(d.workflow(single_stage([{"users": ["a"]}])), {})
+    d.act(rid, "a")
+    with session_factory() as s:
+        events = s.execute(
+            select(RuntimeEvent.sequence, RuntimeEvent.type)
+            .where(RuntimeEvent.runtime_id == rid)
+            .order_by(RuntimeEvent.sequence)
+        ).all()
+    assert [t for _, t in events] == [
+        "runtime.created",
+        "task.assigned",
+        "stage.started",
+        "task.completed",
+        "stage.completed",
+        "runtime.completed",
+    ]
+    assert [n for n, _ in events] == list(range(1, len(events) + 1))
+
+
+def test_audit_log_records_every_change(d, session_factory):
+    rid = d.submit(d.workflow(single_stage([{"users": ["a"]}])), {})
+    d.act(rid, "a", comments="ok")
+    with session_factory() as s:
+        actions = s.scalars(
+            select(RuntimeLog.action)
+            .where(RuntimeLog.runtime_id == rid)
+            .order_by(RuntimeLog.created_at, RuntimeLog.id)
+        ).all()
+    assert {
+        "runtime.submitted",
+        "runtime.started",
+        "stage.opened",
+        "task.assigned",
+        "stage.started",
+        "task.approve",
+        "stage.completed",
+        "runtime.completed",
+    } <= set(actions)
+
+
+# --- versioning ------------------------------------------------------------------------------------
+
+
+def test_a_new_version_does_not_change_a_running_runtime(d, session_factory):
+    wf = d.workflow(single_stage([{"users": ["a"]}]))
+    old = d.submit(wf, {}, document_id="old")
+    with session_factory.begin() as s:
+        _, version = workflows.update_workflow(
+            s, tenant_id=d.tenant_id, workflow_id=wf, raw=single_stage([{"users": ["z"]}])
+        )
+        assert version.version == 2
+    new = d.submit(wf, {}, document_id="new")
+    assert set(d.tasks(old)) == {"alice", "a"}
+    assert set(d.tasks(new)) == {"alice", "z"}
+    d.act(old, "a")
+    assert d.status(old) == "completed"
