@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    DefaultClause,
     ForeignKey,
     Index,
     Integer,
@@ -209,6 +210,7 @@ class Runtime(Base):
     # Per-runtime counters: webhook event order and stage creation order.
     event_sequence: Mapped[int] = mapped_column(Integer, default=0)
     stage_sequence: Mapped[int] = mapped_column(Integer, default=0)
+    log_sequence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -280,10 +282,15 @@ class RuntimeLog(Base):
     """The audit trail: one row for every change the engine makes to a runtime."""
 
     __tablename__ = "runtime_log"
-    __table_args__ = (Index("idx_runtime_log_runtime_created", "runtime_id", "created_at"),)
+    __table_args__ = (
+        Index("idx_runtime_log_runtime_created", "runtime_id", "created_at"),
+        Index("idx_runtime_log_runtime_sequence", "runtime_id", "sequence"),
+    )
 
     id: Mapped[str] = _id_column()
     runtime_id: Mapped[str] = mapped_column(ForeignKey("runtime.id", ondelete="CASCADE"))
+    # Order within a runtime: several lines are often written in the same microsecond.
+    sequence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     stage_id: Mapped[str | None] = mapped_column(String(36))
     assignee_id: Mapped[str | None] = mapped_column(String(36))
     actor: Mapped[str | None] = mapped_column(String(255))
@@ -395,7 +402,16 @@ ARCHIVED_TABLES = ("runtime", "runtime_stage", "runtime_assignee", "runtime_log"
 
 def _archive_twin(source: Table) -> Table:
     """Same columns as `source`, no foreign keys or uniques: archived rows never change."""
-    columns = [Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable) for c in source.columns]
+    columns = [
+        Column(
+            c.name,
+            c.type,
+            primary_key=c.primary_key,
+            nullable=c.nullable,
+            server_default=c.server_default.arg if isinstance(c.server_default, DefaultClause) else None,
+        )
+        for c in source.columns
+    ]
     twin = Table(f"{source.name}_archive", Base.metadata, *columns)
     if "runtime_id" in source.columns:
         Index(f"idx_{source.name}_archive_runtime", twin.c.runtime_id)

@@ -30,6 +30,9 @@ except ImportError:  # ... or pytest put tests/ itself on sys.path (rootdir-less
 MODEL_TABLES = set(Base.metadata.tables)
 
 
+HEAD = ScriptDirectory.from_config(migrations.alembic_config()).get_current_head()
+
+
 def schema_differences(engine: Engine) -> list[object]:
     """What autogenerate would put in a new migration for this database (empty: none)."""
     with engine.connect() as connection:
@@ -63,7 +66,7 @@ def test_script_location_does_not_depend_on_cwd(tmp_path: Path, monkeypatch: pyt
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'cwd.db'}"
     migrations.upgrade(url)
-    assert migrations.current(url) == "0001"
+    assert migrations.current(url) == HEAD
 
 
 # --- SQLite ------------------------------------------------------------------------------
@@ -77,7 +80,7 @@ def sqlite_url(tmp_path: Path) -> str:
 def test_sqlite_upgrade_matches_models_and_downgrade_empties(sqlite_url: str) -> None:
     assert migrations.current(sqlite_url) is None
     migrations.upgrade(sqlite_url)
-    assert migrations.current(sqlite_url) == "0001"
+    assert migrations.current(sqlite_url) == HEAD
     migrations.upgrade(sqlite_url)  # already at head: a no-op, not an error
 
     engine = create_engine(sqlite_url, poolclass=pool.NullPool)
@@ -100,7 +103,7 @@ def test_sqlite_upgrade_on_a_given_connection(sqlite_url: str) -> None:
             command.upgrade(migrations.alembic_config(connection), "head")
             # env.py switched foreign keys off for the migration only.
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-        assert migrations.current(sqlite_url) == "0001"
+        assert migrations.current(sqlite_url) == HEAD
         assert_matches_models(engine)
         with engine.connect() as connection:
             command.downgrade(migrations.alembic_config(connection), "base")
@@ -143,7 +146,7 @@ def test_mariadb_upgrade_matches_models_and_downgrade_empties(mysql_engine: tupl
     url, engine = mysql_engine
     assert migrations.current(url) is None
     migrations.upgrade(url)
-    assert migrations.current(url) == "0001"
+    assert migrations.current(url) == HEAD
 
     assert table_names(engine) == MODEL_TABLES | {"alembic_version"}
     assert_matches_models(engine)

@@ -51,12 +51,13 @@ def _users_of(session: Session, *, runtime: Runtime, source: Any) -> list[str]:
 
 
 def _source_type(source: Any) -> str:
-    return {
-        UsersSource: "users",
-        SubmitterSource: "submitter",
-        FieldSource: "field",
-        ActorOfSource: "actor_of",
-    }[type(source)]
+    if isinstance(source, UsersSource):
+        return "users"
+    if isinstance(source, SubmitterSource):
+        return "submitter"
+    if isinstance(source, FieldSource):
+        return "field"
+    return "actor_of"
 
 
 def _users_in_field(data: dict[str, Any], path: str) -> list[str]:

@@ -22,9 +22,11 @@ def log(
     details: dict[str, Any] | None = None,
 ) -> None:
     """Append one line to the runtime's audit trail."""
+    runtime.log_sequence = (runtime.log_sequence or 0) + 1
     session.add(
         RuntimeLog(
             runtime_id=runtime.id,
+            sequence=runtime.log_sequence,
             stage_id=stage.id if stage else None,
             assignee_id=assignee.id if assignee else None,
             actor=actor,

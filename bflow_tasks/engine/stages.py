@@ -109,7 +109,7 @@ def pass_create_node(session: Session, runtime: Runtime) -> RuntimeStage:
             tenant_id=runtime.tenant_id,
             node_key=key,
             user=submitter,
-            assign_type="submitter",
+            assign_type="creator",  # not a task: the record of who submitted this round
             status="completed",
             action_taken="submit",
             created_at=stage.created_at,
@@ -265,13 +265,23 @@ def add_viewer(session: Session, runtime: Runtime, user: str) -> None:
         session.add(RuntimeViewer(runtime_id=runtime.id, user=user))
 
 
-def mark_started(session: Session, runtime: Runtime, stage: RuntimeStage) -> None:
-    """Record that a stage's opening chord finished (every approver has a task)."""
+def mark_started(session: Session, runtime: Runtime, stage: RuntimeStage) -> bool:
+    """Record that a stage's opening finished, once every planned approver has a task.
+
+    A chord body can run although a header task was lost (a worker killed mid-chord); the
+    stage then stays unstarted and the sweep opens it again, creating only what is missing.
+    """
     if stage.status != "open" or stage.started_at is not None:
-        return
+        return False
+    assigned = set(
+        session.scalars(select(RuntimeAssignee.user).where(RuntimeAssignee.runtime_stage_id == stage.id))
+    )
+    if not {planned["user"] for planned in stage.approvers} <= assigned:
+        return False
     stage.started_at = clock.now()
     journal.log(session, runtime, "stage.started", stage=stage)
     journal.emit(session, runtime, "stage.started", stage=stage, status="open")
+    return True
 
 
 def outcome_reached(session: Session, stage: RuntimeStage, *, action: str) -> str | None:

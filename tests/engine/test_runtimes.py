@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from bflow_tasks.engine import runtimes, workflows
 from bflow_tasks.engine.errors import Conflict, Forbidden, InvalidInput
-from bflow_tasks.models import RuntimeCommand, RuntimeEvent, RuntimeLog, RuntimeStage
+from bflow_tasks.models import RuntimeAssignee, RuntimeCommand, RuntimeEvent, RuntimeLog, RuntimeStage
 from tests.engine.driver import Driver
 from tests.factories import leave_request_definition
 
@@ -450,3 +450,19 @@ def test_a_new_version_does_not_change_a_running_runtime(d, session_factory):
     assert set(d.tasks(new)) == {"alice", "z"}
     d.act(old, "a")
     assert d.status(old) == "completed"
+
+
+def test_a_stage_is_not_started_while_a_task_is_missing(d, session_factory):
+    rid = d.submit(d.workflow(single_stage([{"users": ["a", "b"]}], "all")), {"amount": 1})
+    with session_factory() as s:
+        stage_id = s.scalars(select(RuntimeStage.id).where(RuntimeStage.node_key == "review")).one()
+    with session_factory.begin() as s:
+        s.get_one(RuntimeStage, stage_id).started_at = None
+        s.execute(delete(RuntimeAssignee).where(RuntimeAssignee.user == "b"))  # a lost header task
+    with session_factory.begin() as s:
+        runtimes.mark_started(s, stage_ids=[stage_id])  # the chord body runs anyway
+    with session_factory() as s:
+        assert s.get_one(RuntimeStage, stage_id).started_at is None
+        assert runtimes.opening_plan(s, stage_ids=[stage_id]) == [(stage_id, "a"), (stage_id, "b")]
+    d.open([stage_id])  # what the sweep does
+    assert d.tasks(rid) == {"alice": "completed", "a": "pending", "b": "pending"}

@@ -1,0 +1,1 @@
+"""The HTTP shim (FastAPI): validate, authorise, enqueue; reads for status."""

@@ -1,0 +1,183 @@
+"""The HTTP contract (DESIGN §5, §7): request bodies (`XCreate`) and responses (`XRead`)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _as_utc(value: datetime) -> datetime:
+    # Rows hold naive UTC; answers say so explicitly (serialised with a trailing Z).
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UTCDateTime = Annotated[datetime, AfterValidator(_as_utc)]
+Name = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class _Input(BaseModel):
+    # A misspelt field is a mistake the client wants to hear about, not a silent default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Output(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# --- workflows ---------------------------------------------------------------------------
+
+
+class WorkflowSummaryRead(_Output):
+    id: str
+    name: str
+    document_type: str
+    version: int
+    is_active: bool
+    created_at: UTCDateTime
+    updated_at: UTCDateTime
+
+
+class WorkflowRead(WorkflowSummaryRead):
+    """A workflow at one version: its definition as validated and stored."""
+
+    nodes: list[dict[str, Any]]
+    associations: list[dict[str, Any]]
+    zones: list[str] = Field(default_factory=list)
+
+
+class WorkflowPage(BaseModel):
+    count: int
+    next: str | None
+    previous: str | None
+    results: list[WorkflowSummaryRead]
+
+
+# --- runtimes ----------------------------------------------------------------------------
+
+
+class RuntimeCreate(_Input):
+    workflow_id: Annotated[str, Field(min_length=1, max_length=36)]
+    document_type: Annotated[str, Field(min_length=1, max_length=100)]
+    document_id: Name
+    data: dict[str, Any] = Field(default_factory=dict)
+    submitted_by: Name
+
+
+class RuntimeAccepted(BaseModel):
+    runtime_id: str
+    status: str
+
+
+class RuntimeResubmit(_Input):
+    actor: Name
+    data: dict[str, Any] | None = None
+
+
+class RuntimeCancel(_Input):
+    actor: Name | None = None
+
+
+class CommandAccepted(BaseModel):
+    runtime_id: str
+    action: Literal["resubmit", "cancel"]
+    status: Literal["accepted"] = "accepted"
+
+
+class AssigneeRead(_Output):
+    id: str
+    user: str
+    status: str
+    action_taken: str | None
+    comments: str | None
+    due_at: UTCDateTime | None
+    completed_at: UTCDateTime | None
+
+
+class StageRead(_Output):
+    id: str
+    node_key: str
+    status: str
+    outcome: str | None
+    visit: int
+    round: int
+    created_at: UTCDateTime
+    started_at: UTCDateTime | None
+    completed_at: UTCDateTime | None
+    assignees: list[AssigneeRead] = Field(default_factory=list)
+
+
+class LogRead(_Output):
+    action: str
+    actor: str | None
+    stage_id: str | None
+    message: str | None
+    details: dict[str, Any] | None
+    created_at: UTCDateTime
+
+
+class RuntimeRead(_Output):
+    id: str
+    workflow_id: str
+    workflow_version: int
+    document_type: str
+    document_id: str
+    status: str
+    submitted_by: str
+    data: dict[str, Any]
+    created_at: UTCDateTime
+    updated_at: UTCDateTime
+    ended_at: UTCDateTime | None
+    error: str | None
+    stages: list[StageRead]
+    log: list[LogRead]
+
+
+# --- tasks -------------------------------------------------------------------------------
+
+
+class TaskRead(_Output):
+    id: str
+    runtime_id: str
+    node_key: str
+    user: str
+    status: str
+    action_taken: str | None
+    due_at: UTCDateTime | None
+    created_at: UTCDateTime
+
+
+class TaskPage(BaseModel):
+    count: int
+    next: str | None
+    previous: str | None
+    results: list[TaskRead]
+
+
+class TaskActionCreate(_Input):
+    action: Literal["approve", "reject", "return", "delegate"]
+    actor: Name
+    comments: Annotated[str, Field(max_length=10_000)] | None = None
+    delegate_to: Name | None = None
+    data: dict[str, Any] | None = None
+
+
+class TaskActionAccepted(BaseModel):
+    task_id: str
+    action: str
+    status: Literal["accepted"] = "accepted"
+
+
+# --- health ------------------------------------------------------------------------------
+
+
+class CheckRead(BaseModel):
+    status: Literal["ok", "error"]
+    latency_ms: float
+    error: str | None = None
+
+
+class HealthRead(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, CheckRead]

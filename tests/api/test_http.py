@@ -1,0 +1,115 @@
+"""Cross-cutting behaviour: authentication, the error envelope, body limits, health."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from api_shim import reads
+from api_shim.app import create_app
+from bflow_tasks.settings import settings
+from tests.api.helpers import API, Tenant, assert_no_runtime_rows, post_workflow
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer", "Bearer bflow_not-a-real-token", "Basic dXNlcjpwdw==", "bflow_token-without-scheme"],
+)
+def test_requests_without_a_valid_token_are_401(client: TestClient, authorization: str | None) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    response = client.get(f"{API}/workflows", headers=headers)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.json()["error"]["code"] == "unauthorized"
+
+
+def test_routing_errors_use_the_error_envelope(client: TestClient, tenant: Tenant) -> None:
+    missing = client.get(f"{API}/nowhere", headers=tenant.headers)
+    assert missing.status_code == 404
+    assert missing.json() == {"error": {"code": "not_found", "message": "Not Found", "details": None}}
+    wrong_method = client.patch(f"{API}/workflows", headers=tenant.headers)
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_oversize_body_is_413_and_writes_nothing(
+    client: TestClient, tenant: Tenant, api_engine: Engine
+) -> None:
+    workflow_id = post_workflow(client, tenant)["id"]
+    body = {
+        "workflow_id": workflow_id,
+        "document_type": "leave_request",
+        "document_id": "LR-1",
+        "data": {"blob": "x" * settings.max_body_bytes},
+        "submitted_by": "alice",
+    }
+    response = client.post(f"{API}/runtime/execute", json=body, headers=tenant.headers)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert_no_runtime_rows(api_engine)
+
+
+def test_oversize_streamed_body_without_content_length_is_413(
+    client: TestClient, tenant: Tenant, api_engine: Engine
+) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"name": "'
+        for _ in range(settings.max_body_bytes // 1024 + 1):
+            yield b"x" * 1024
+        yield b'"}'
+
+    headers = {**tenant.headers, "Content-Type": "application/json"}
+    response = client.post(f"{API}/workflows", content=chunks(), headers=headers)
+    assert "content-length" not in {k.lower() for k in response.request.headers}
+    assert response.status_code == 413
+    assert client.get(f"{API}/workflows", headers=tenant.headers).json()["count"] == 0
+
+
+def test_a_streamed_body_under_the_limit_is_read_whole(client: TestClient, tenant: Tenant) -> None:
+    import json
+
+    from tests.factories import leave_request_definition
+
+    raw = json.dumps(leave_request_definition()).encode()
+    parts = [raw[i : i + 100] for i in range(0, len(raw), 100)]
+    headers = {**tenant.headers, "Content-Type": "application/json"}
+    response = client.post(f"{API}/workflows", content=iter(parts), headers=headers)
+    assert response.status_code == 201, response.text
+
+
+def test_unexpected_errors_are_500_with_a_generic_message(
+    api_engine: Engine, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(reads, "runtime_detail", explode)
+    with TestClient(create_app(), raise_server_exceptions=False) as client:
+        response = client.get(f"{API}/runtimes/anything", headers=tenant.headers)
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {"code": "internal_error", "message": "an unexpected error occurred", "details": None}
+    }
+
+
+def test_health_needs_no_token_and_reports_each_check(client: TestClient) -> None:
+    response = client.get(f"{API}/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert set(body["checks"]) == {"database", "broker"}
+    assert all(c["status"] == "ok" and c["latency_ms"] >= 0 for c in body["checks"].values())
+
+
+@pytest.mark.usefixtures("broker_down")
+def test_health_is_503_naming_the_broker_when_it_is_down(client: TestClient) -> None:
+    response = client.get(f"{API}/health")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert body["checks"]["database"]["status"] == "ok"
+    assert body["checks"]["broker"]["status"] == "error"
+    assert body["error"]["details"] == {"failing": ["broker"]}

@@ -1,0 +1,135 @@
+"""People's tasks over HTTP: listing and acting, with every refusal the engine makes."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from bflow_tasks.models import RuntimeCommand
+from tests.api.helpers import (
+    API,
+    OpenRuntime,
+    Tenant,
+    assert_no_runtime_rows,
+    count,
+    open_runtime,
+    queued_messages,
+)
+
+
+@pytest.fixture
+def opened(session_factory: sessionmaker[Session], tenant: Tenant) -> OpenRuntime:
+    return open_runtime(session_factory, tenant)
+
+
+def act(client: TestClient, tenant: Tenant, task_id: str, **body: object):  # type: ignore[no-untyped-def]
+    return client.post(f"{API}/tasks/{task_id}/action", json=body, headers=tenant.headers)
+
+
+def test_action_is_202_with_a_queued_command(
+    client: TestClient, tenant: Tenant, opened: OpenRuntime, api_engine: Engine
+) -> None:
+    task_id = opened.tasks["u1"]
+    response = act(client, tenant, task_id, action="approve", actor="u1", comments="ok")
+    assert response.status_code == 202
+    assert response.json() == {"task_id": task_id, "action": "approve", "status": "accepted"}
+    assert count(api_engine, RuntimeCommand, assignee_id=task_id, kind="action", status="requested") == 1
+    assert queued_messages() == 1
+
+
+def test_a_second_action_on_the_same_task_is_409_before_the_first_is_applied(
+    client: TestClient, tenant: Tenant, opened: OpenRuntime, api_engine: Engine
+) -> None:
+    task_id = opened.tasks["u1"]
+    assert act(client, tenant, task_id, action="approve", actor="u1").status_code == 202
+    again = act(client, tenant, task_id, action="reject", actor="u1")
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "conflict"
+    assert count(api_engine, RuntimeCommand, assignee_id=task_id) == 1
+    assert act(client, tenant, opened.tasks["u2"], action="approve", actor="u2").status_code == 202
+
+
+def test_only_the_assignee_may_act(
+    client: TestClient, tenant: Tenant, opened: OpenRuntime, api_engine: Engine
+) -> None:
+    response = act(client, tenant, opened.tasks["u1"], action="approve", actor="u2")
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "forbidden"
+    assert count(api_engine, RuntimeCommand, kind="action") == 0
+
+
+def test_editing_a_field_outside_the_stage_zones_is_403(
+    client: TestClient, tenant: Tenant, opened: OpenRuntime, api_engine: Engine
+) -> None:
+    task_id = opened.tasks["u1"]
+    response = act(client, tenant, task_id, action="approve", actor="u1", data={"amount": 5, "reason": "x"})
+    assert response.status_code == 403
+    assert response.json()["error"]["details"] == [
+        {"path": "$.data.amount", "message": "outside this stage's zones"}
+    ]
+    assert count(api_engine, RuntimeCommand, kind="action") == 0
+    allowed = act(client, tenant, task_id, action="approve", actor="u1", data={"reason": "family"})
+    assert allowed.status_code == 202
+
+
+def test_delegate_needs_someone_else(client: TestClient, tenant: Tenant, opened: OpenRuntime) -> None:
+    task_id = opened.tasks["u1"]
+    missing = act(client, tenant, task_id, action="delegate", actor="u1")
+    assert missing.status_code == 400
+    assert missing.json()["error"]["details"] == [{"path": "$.delegate_to", "message": "required"}]
+    assert act(client, tenant, task_id, action="delegate", actor="u1", delegate_to="u2").status_code == 409
+    assert act(client, tenant, task_id, action="delegate", actor="u1", delegate_to="u9").status_code == 202
+
+
+def test_unknown_action_is_422(client: TestClient, tenant: Tenant, opened: OpenRuntime) -> None:
+    response = act(client, tenant, opened.tasks["u1"], action="shrug", actor="u1")
+    assert response.status_code == 422
+    assert response.json()["error"]["details"][0]["path"] == "$.action"
+
+
+def test_another_tenants_task_is_not_found(
+    client: TestClient, tenant: Tenant, other_tenant: Tenant, opened: OpenRuntime
+) -> None:
+    response = act(client, other_tenant, opened.tasks["u1"], action="approve", actor="u1")
+    assert response.status_code == 404
+    listed = client.get(f"{API}/tasks?assignee=u1", headers=other_tenant.headers).json()
+    assert listed["count"] == 0 and listed["results"] == []
+
+
+def test_unknown_task_is_404(client: TestClient, tenant: Tenant, api_engine: Engine) -> None:
+    response = act(client, tenant, "00000000-0000-0000-0000-000000000000", action="approve", actor="u1")
+    assert response.status_code == 404
+    assert_no_runtime_rows(api_engine)
+
+
+def test_list_filters_by_assignee_status_and_runtime(
+    client: TestClient, tenant: Tenant, session_factory: sessionmaker[Session], opened: OpenRuntime
+) -> None:
+    second = open_runtime(session_factory, tenant, document_id="LR-2")
+    mine = client.get(f"{API}/tasks?assignee=u1&status=pending", headers=tenant.headers).json()
+    assert mine["count"] == 2
+    assert {t["runtime_id"] for t in mine["results"]} == {opened.runtime_id, second.runtime_id}
+    task = next(t for t in mine["results"] if t["runtime_id"] == opened.runtime_id)
+    assert task == {
+        "id": opened.tasks["u1"],
+        "runtime_id": opened.runtime_id,
+        "node_key": "manager_review",
+        "user": "u1",
+        "status": "pending",
+        "action_taken": None,
+        "due_at": None,
+        "created_at": task["created_at"],
+    }
+    url = f"{API}/tasks?runtime_id={second.runtime_id}&status=pending"
+    by_runtime = client.get(url, headers=tenant.headers).json()
+    assert sorted(t["user"] for t in by_runtime["results"]) == ["u1", "u2", "u3"]
+    # The create stage's record of who submitted is nobody's task.
+    created = client.get(f"{API}/tasks?assignee=alice", headers=tenant.headers).json()
+    assert created["count"] == 0
+    done = client.get(f"{API}/tasks?assignee=u1&status=completed", headers=tenant.headers).json()
+    assert done["count"] == 0
+    paged = client.get(f"{API}/tasks?status=pending&page_size=4", headers=tenant.headers).json()
+    assert paged["count"] == 6 and len(paged["results"]) == 4 and paged["next"] is not None
+    assert client.get(f"{API}/tasks?status=nonsense", headers=tenant.headers).status_code == 422
