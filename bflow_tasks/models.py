@@ -400,16 +400,14 @@ class WebhookDelivery(Timestamped, Base):
 ARCHIVED_TABLES = ("runtime", "runtime_stage", "runtime_assignee", "runtime_log", "runtime_event")
 
 
+def _copy(default: object) -> DefaultClause | None:
+    return DefaultClause(default.arg) if isinstance(default, DefaultClause) else None  # type: ignore[arg-type]
+
+
 def _archive_twin(source: Table) -> Table:
     """Same columns as `source`, no foreign keys or uniques: archived rows never change."""
     columns = [
-        Column(
-            c.name,
-            c.type,
-            primary_key=c.primary_key,
-            nullable=c.nullable,
-            server_default=c.server_default.arg if isinstance(c.server_default, DefaultClause) else None,
-        )
+        Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable, server_default=_copy(c.server_default))
         for c in source.columns
     ]
     twin = Table(f"{source.name}_archive", Base.metadata, *columns)

@@ -26,7 +26,7 @@ def to_mermaid(definition: WorkflowDefinition) -> str:
             label += f"<br/>{mode}" + (f" {node.approvers.quorum}" if mode == "quorum" else "")
         lines.append(f"    {node.key}{opening}{_escape(label)}{closing}")
     for association in definition.associations:
-        parts = [association.on] if association.on else []
+        parts: list[str] = [association.on] if association.on else []
         if association.condition:
             parts.append(describe(association.condition))
         edge = f'-->|"{_escape(" / ".join(parts))}"|' if parts else "-->"
