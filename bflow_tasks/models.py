@@ -185,6 +185,8 @@ class Runtime(Base):
         Index("idx_runtime_workflow_status", "workflow_id", "status"),
         Index("idx_runtime_created_at", "created_at"),
         Index("idx_runtime_status_ended", "status", "ended_at"),
+        Index("idx_runtime_ended_at", "ended_at"),
+        Index("idx_runtime_workflow_created", "workflow_id", "created_at"),
         # At most one runtime in flight per document; in_flight is NULL once it has ended
         # and NULLs never collide, so finished runtimes of the same document coexist.
         UniqueConstraint(
@@ -259,6 +261,7 @@ class RuntimeAssignee(Base):
         Index("idx_runtime_assignee_stage_status", "runtime_stage_id", "status"),
         Index("idx_runtime_assignee_user_status", "user", "status"),
         Index("idx_runtime_assignee_status_due", "status", "due_at"),
+        Index("idx_runtime_assignee_status_reminder", "status", "next_reminder_at"),
         UniqueConstraint("runtime_stage_id", "user", name="uq_runtime_assignee_stage_user"),
     )
 
@@ -274,6 +277,11 @@ class RuntimeAssignee(Base):
     comments: Mapped[str | None] = mapped_column(Text)
     delegated_from_id: Mapped[str | None] = mapped_column(String(36))
     due_at: Mapped[datetime | None]
+    # SLA bookkeeping (Beat's SLA scan): each is set once, so each event goes out once.
+    overdue_at: Mapped[datetime | None]
+    escalated_at: Mapped[datetime | None]
+    next_reminder_at: Mapped[datetime | None]
+    last_reminded_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None]
 
@@ -368,31 +376,79 @@ class WebhookEndpoint(Timestamped, Base):
     id: Mapped[str] = _id_column()
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
     url: Mapped[str] = mapped_column(String(2048))
+    # Event types this endpoint receives; ["*"] means all.
     events: Mapped[list[Any]]
     secret_encrypted: Mapped[str] = mapped_column(Text)
+    # During a rotation the old secret signs too, until it expires.
     previous_secret_encrypted: Mapped[str | None] = mapped_column(Text)
     previous_secret_expires_at: Mapped[datetime | None]
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     disabled_reason: Mapped[str | None] = mapped_column(String(255))
+    # Start of the current run of nothing-but-failures (reset by any success).
+    failing_since: Mapped[datetime | None]
 
 
 class WebhookDelivery(Timestamped, Base):
+    """One event for one endpoint: the exact body to send, and where its retries stand."""
+
     __tablename__ = "webhook_delivery"
     __table_args__ = (
         UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_delivery_endpoint_event"),
         Index("idx_webhook_delivery_status_next", "status", "next_attempt_at"),
+        # A runtime's events reach an endpoint in sequence order: the stream's head is found here.
+        Index("idx_webhook_delivery_stream", "endpoint_id", "runtime_id", "sequence"),
+        Index("idx_webhook_delivery_endpoint_status", "endpoint_id", "status", "created_at"),
     )
 
     id: Mapped[str] = _id_column()
     endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoint.id", ondelete="CASCADE"))
     event_id: Mapped[str] = mapped_column(String(36))
+    event_type: Mapped[str] = mapped_column(String(50))
     runtime_id: Mapped[str | None] = mapped_column(String(36))
     sequence: Mapped[int | None] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(20), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]
+    # A claimed delivery is being sent until then; past it, another worker may take it over.
+    locked_until: Mapped[datetime | None]
     last_status_code: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery, kept for the deliveries log."""
+
+    __tablename__ = "webhook_attempt"
+    __table_args__ = (Index("idx_webhook_attempt_delivery", "delivery_id", "attempted_at"),)
+
+    id: Mapped[str] = _id_column()
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_delivery.id", ondelete="CASCADE"))
+    attempted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    error_class: Mapped[str | None] = mapped_column(String(100))
+    error: Mapped[str | None] = mapped_column(Text)
+    response_body: Mapped[str | None] = mapped_column(Text)
+
+
+# --- scheduled jobs ---------------------------------------------------------------------
+
+
+class JobRun(Base):
+    """One firing of a Beat job for one time slot; the unique key makes a second firing a no-op."""
+
+    __tablename__ = "job_run"
+    __table_args__ = (UniqueConstraint("job", "slot", name="uq_job_run_job_slot"),)
+
+    id: Mapped[str] = _id_column()
+    job: Mapped[str] = mapped_column(String(100))
+    slot: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    result: Mapped[dict[str, Any] | None]
 
 
 # --- archive twins ----------------------------------------------------------------------
@@ -407,7 +463,13 @@ def _copy(default: object) -> DefaultClause | None:
 def _archive_twin(source: Table) -> Table:
     """Same columns as `source`, no foreign keys or uniques: archived rows never change."""
     columns = [
-        Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable, server_default=_copy(c.server_default))
+        Column(
+            c.name,
+            c.type,
+            primary_key=c.primary_key,
+            nullable=c.nullable,
+            server_default=_copy(c.server_default),
+        )
         for c in source.columns
     ]
     twin = Table(f"{source.name}_archive", Base.metadata, *columns)
