@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -34,6 +34,17 @@ class Settings(BaseSettings):
     publish_timeout_seconds: float = 5.0
     max_body_bytes: int = 256 * 1024
     sql_echo: bool = False
+
+    @field_validator("sweep_grace", mode="before")
+    @classmethod
+    def _bare_seconds(cls, value: object) -> object:
+        """Accept a bare number of seconds (BFLOW_SWEEP_GRACE=3) as well as ISO 8601 (PT3S)."""
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        return value
 
     @property
     def is_embedded_broker(self) -> bool:

@@ -309,6 +309,12 @@ def outcome_reached(session: Session, stage: RuntimeStage, *, action: str) -> st
 def complete_stage(session: Session, runtime: Runtime, stage: RuntimeStage, *, outcome: str) -> None:
     """Close a stage with its outcome and cancel the tasks it no longer needs."""
     now = clock.now()
+    if stage.started_at is None:
+        # Completed before its opening chord finished (an `any` stage approved by the first
+        # assignee while a killed worker held the rest): it did start, so say so, in order.
+        stage.started_at = now
+        journal.log(session, runtime, "stage.started", stage=stage)
+        journal.emit(session, runtime, "stage.started", stage=stage, status="open")
     stage.status, stage.outcome, stage.completed_at = "completed", outcome, now
     _cancel_pending(session, stage_ids=[stage.id])
     journal.log(session, runtime, "stage.completed", stage=stage, details={"outcome": outcome})

@@ -466,3 +466,30 @@ def test_a_stage_is_not_started_while_a_task_is_missing(d, session_factory):
         assert runtimes.opening_plan(s, stage_ids=[stage_id]) == [(stage_id, "a"), (stage_id, "b")]
     d.open([stage_id])  # what the sweep does
     assert d.tasks(rid) == {"alice": "completed", "a": "pending", "b": "pending"}
+
+
+def test_a_stage_completed_before_its_opening_finished_still_reports_its_start(d, session_factory):
+    workflow_id = d.workflow(single_stage([{"users": ["a", "b"]}], "any"))
+    with session_factory.begin() as s:
+        runtime, command = runtimes.submit(
+            s,
+            tenant_id=d.tenant_id,
+            workflow_id=workflow_id,
+            document_type="leave_request",
+            document_id="early",
+            data={},
+            submitted_by="alice",
+        )
+        rid, start_id = runtime.id, command.id
+    with session_factory.begin() as s:
+        (stage_id,) = runtimes.start(s, command_id=start_id)
+    with session_factory.begin() as s:
+        runtimes.assign(s, stage_id=stage_id, user="a")  # b's header task was lost with its worker
+    d.act(rid, "a")
+    assert d.status(rid) == "completed"
+    with session_factory() as s:
+        types = s.scalars(
+            select(RuntimeEvent.type).where(RuntimeEvent.runtime_id == rid).order_by(RuntimeEvent.sequence)
+        ).all()
+    assert types.index("stage.started") < types.index("stage.completed")
+    assert types.count("stage.started") == 1
