@@ -252,6 +252,8 @@ class RuntimeStage(Base):
     # Set by the opening chord's body; NULL means "opening" (the sweep finishes it).
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
+    # When the sweep last re-sent this stage's opening: it waits a full grace period again.
+    swept_at: Mapped[datetime | None]
 
 
 class RuntimeAssignee(Base):
@@ -347,6 +349,8 @@ class RuntimeCommand(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     applied_at: Mapped[datetime | None]
+    # When the sweep last re-sent this command: it waits a full grace period again.
+    swept_at: Mapped[datetime | None]
 
 
 class RuntimeEvent(Base):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
 from bflow_tasks.engine import runtimes, workflows
 from bflow_tasks.engine.errors import Conflict, Forbidden, InvalidInput
@@ -493,3 +494,27 @@ def test_a_stage_completed_before_its_opening_finished_still_reports_its_start(d
         ).all()
     assert types.index("stage.started") < types.index("stage.completed")
     assert types.count("stage.started") == 1
+
+
+def test_the_sweep_resends_lost_work_once_per_grace_period(d, session_factory):
+    from datetime import datetime, timedelta
+
+    from bflow_tasks.engine import clock, sweep
+
+    rid = d.submit(d.workflow(single_stage([{"users": ["a"]}])), {})
+    d.request(rid, "a", "approve")  # admitted; its message is lost
+    with session_factory.begin() as s:
+        s.execute(update(RuntimeStage).where(RuntimeStage.node_key == "review").values(started_at=None))
+    grace = timedelta(seconds=30)
+    start = datetime.now(UTC).replace(tzinfo=None)
+    try:
+        for offset, expected in ((0, 0), (31, 1), (40, 0), (62, 1)):
+            clock.set_clock(lambda offset=offset: start + timedelta(seconds=offset))
+            with session_factory.begin() as s:
+                found = (
+                    len(sweep.stale_commands(s, grace=grace)),
+                    len(sweep.unstarted_stages(s, grace=grace)),
+                )
+            assert found == (expected, expected), offset
+    finally:
+        clock.set_clock(None)
