@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from api_shim import errors
 from api_shim.limits import BodyLimit
-from api_shim.routes import health, runtimes, tasks, workflows
+from api_shim.routes import health, metrics, runtimes, tasks, webhooks, workflows
 
 API_PREFIX = "/api/v1"
 
@@ -21,7 +21,7 @@ def create_app() -> FastAPI:
         docs_url=f"{API_PREFIX}/docs",
         redoc_url=None,
     )
-    for module in (workflows, runtimes, tasks, health):
+    for module in (workflows, metrics, runtimes, tasks, webhooks, health):
         app.include_router(module.router, prefix=API_PREFIX)
     errors.install(app)
     app.add_middleware(BodyLimit)

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api_shim import schemas
+from bflow_tasks.engine import archive as archive_engine
 from bflow_tasks.engine import workflows as workflow_engine
 from bflow_tasks.engine.errors import NotFound
 from bflow_tasks.models import (
@@ -69,7 +70,7 @@ def runtime_detail(session: Session, *, tenant_id: str, runtime_id: str) -> sche
         .where(Runtime.id == runtime_id, Runtime.tenant_id == tenant_id)
     ).one_or_none()
     if row is None:
-        raise NotFound(f"runtime {runtime_id} not found")
+        return _archived_runtime_detail(session, tenant_id=tenant_id, runtime_id=runtime_id)
     runtime, version = row
     stage_rows = session.scalars(
         select(RuntimeStage).where(RuntimeStage.runtime_id == runtime.id).order_by(RuntimeStage.sequence)
@@ -126,6 +127,31 @@ def list_tasks(
         query.order_by(RuntimeAssignee.created_at, RuntimeAssignee.id).offset(offset).limit(limit)
     ).all()
     return count, list(page)
+
+
+def _archived_runtime_detail(session: Session, *, tenant_id: str, runtime_id: str) -> schemas.RuntimeRead:
+    """Return an archived runtime as `runtime_detail` shows a live one, marked `archived`."""
+    found = archive_engine.read_archived(session, tenant_id=tenant_id, runtime_id=runtime_id)
+    if found is None:
+        raise NotFound(f"runtime {runtime_id} not found")
+    assignees: dict[str, list[schemas.AssigneeRead]] = defaultdict(list)
+    for assignee in found.assignees:
+        assignees[assignee.runtime_stage_id].append(schemas.AssigneeRead.model_validate(assignee))
+    stages = [
+        schemas.StageRead.model_validate(
+            {**_columns(stage, schemas.StageRead), "assignees": assignees.get(stage.id, [])}
+        )
+        for stage in found.stages
+    ]
+    return schemas.RuntimeRead.model_validate(
+        {
+            **_columns(found.runtime, schemas.RuntimeRead),
+            "workflow_version": found.version,
+            "stages": stages,
+            "log": [schemas.LogRead.model_validate(line) for line in found.log],
+            "archived": True,
+        }
+    )
 
 
 def _columns(row: Any, model: type[Any]) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from bflow_tasks.engine import webhooks as webhook_outbox
+
 
 def _as_utc(value: datetime) -> datetime:
     # Rows hold naive UTC; answers say so explicitly (serialised with a trailing Z).
@@ -132,6 +134,8 @@ class RuntimeRead(_Output):
     error: str | None
     stages: list[StageRead]
     log: list[LogRead]
+    # True once the runtime was moved to the archive tables (read-only history).
+    archived: bool = False
 
 
 # --- tasks -------------------------------------------------------------------------------
@@ -181,3 +185,131 @@ class CheckRead(BaseModel):
 class HealthRead(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, CheckRead]
+
+
+# --- metrics -----------------------------------------------------------------------------
+
+
+class StageDurationRead(_Output):
+    node_key: str
+    avg_seconds: float
+    count: int
+
+
+class WorkflowMetricsRead(_Output):
+    """A workflow's numbers over the runtimes submitted in [from, to)."""
+
+    workflow_id: str
+    from_: UTCDateTime = Field(serialization_alias="from")
+    to: UTCDateTime
+    executions: int
+    completed: int
+    rejected: int
+    cancelled: int
+    error: int
+    running: int
+    success_rate: float | None
+    avg_completion_seconds: float | None
+    p90_completion_seconds: float | None
+    sla_tasks: int
+    sla_met: int
+    sla_compliance: float | None
+    slowest_stage: StageDurationRead | None
+    stages: list[StageDurationRead]
+
+
+# --- webhooks ----------------------------------------------------------------------------
+
+
+def _subscribable(value: str) -> str:
+    if value != webhook_outbox.ALL and value not in webhook_outbox.SUBSCRIBABLE:
+        raise ValueError(
+            f"unknown event type '{value}'; expected '*' or one of {', '.join(webhook_outbox.SUBSCRIBABLE)}"
+        )
+    return value
+
+
+EventType = Annotated[str, AfterValidator(_subscribable)]
+
+
+class WebhookCreate(_Input):
+    url: Annotated[str, Field(min_length=1, max_length=2048, description="http(s) URL that receives POSTs")]
+    events: Annotated[list[EventType], Field(min_length=1, max_length=50)] = Field(
+        default_factory=lambda: [webhook_outbox.ALL], description="event types, or ['*'] for all"
+    )
+
+
+class WebhookRead(_Output):
+    id: str
+    url: str
+    events: list[str]
+    is_active: bool
+    disabled_reason: str | None
+    failing_since: UTCDateTime | None
+    previous_secret_expires_at: UTCDateTime | None
+    created_at: UTCDateTime
+
+
+class WebhookCreated(WebhookRead):
+    """The endpoint and its signing secret, shown this once."""
+
+    secret: str
+
+
+class WebhookPage(BaseModel):
+    count: int
+    next: str | None
+    previous: str | None
+    results: list[WebhookRead]
+
+
+class WebhookSecretRead(BaseModel):
+    """A new signing secret, shown this once; the previous one signs too until it expires."""
+
+    id: str
+    secret: str
+    previous_secret_expires_at: UTCDateTime | None
+
+
+class WebhookAttemptRead(_Output):
+    attempted_at: UTCDateTime
+    status_code: int | None
+    latency_ms: int | None
+    error_class: str | None
+    error: str | None
+    response_body: str | None
+
+
+class WebhookDeliveryRead(_Output):
+    id: str = Field(description="the webhook-id header: one per event and endpoint")
+    event_id: str
+    event_type: str
+    runtime_id: str | None
+    sequence: int | None
+    status: Literal["pending", "retrying", "delivered", "failed"]
+    next_attempt_at: UTCDateTime | None
+    last_status_code: int | None
+    last_error: str | None
+    delivered_at: UTCDateTime | None
+    created_at: UTCDateTime
+    updated_at: UTCDateTime
+    attempt_count: int
+    attempts: list[WebhookAttemptRead] = Field(description="the latest attempts, oldest first")
+
+
+class WebhookDeliveryPage(BaseModel):
+    count: int
+    next: str | None
+    previous: str | None
+    results: list[WebhookDeliveryRead]
+
+
+class WebhookReplayAccepted(BaseModel):
+    delivery_id: str
+    status: Literal["pending"] = "pending"
+
+
+class WebhookRecoverAccepted(BaseModel):
+    endpoint_id: str
+    since: UTCDateTime
+    replayed: int

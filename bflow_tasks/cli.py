@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from typing import Any
@@ -152,6 +153,42 @@ def demo(as_json: bool) -> None:
     from bflow_tasks.demo import run_demo
 
     sys.exit(run_demo(as_json=as_json))
+
+
+# --- maintenance ----------------------------------------------------------------------------------
+
+
+@main.command("archive")
+@click.option("--dry-run", is_flag=True, help="Count what would move; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def archive_command(dry_run: bool, as_json: bool) -> None:
+    """Move runtimes that ended over BFLOW_ARCHIVE_AFTER_DAYS ago into the archive tables."""
+    from bflow_tasks.db import session_scope
+    from bflow_tasks.engine import archive
+
+    before = archive.cutoff(settings.archive_after_days)
+    with session_scope() as session:
+        due = archive.count_due(session, before=before)
+    rows = ", ".join(f"{name} {n}" for name, n in due.items() if name != "runtime")
+    if dry_run:
+        text = f"would archive {due['runtime']} runtime(s) ended before {before:%Y-%m-%d %H:%M} UTC ({rows})"
+        _emit(as_json, {"dry_run": True, "before": before.isoformat(), "due": due}, text)
+        return
+    # The bar goes to stderr (nowhere with --json): stdout holds only the result.
+    with click.progressbar(
+        length=due["runtime"], label="archiving", file=io.StringIO() if as_json else sys.stderr
+    ) as bar:
+        moved = archive.run(
+            session_scope,
+            before=before,
+            batch_size=settings.archive_batch_size,
+            hook=lambda phase, batch: bar.update(batch.runtimes) if phase == "committed" else None,
+        )
+    _emit(
+        as_json,
+        {"dry_run": False, "before": before.isoformat(), **moved},
+        f"archived {moved['runtimes']} runtime(s) in {moved['batches']} batch(es)",
+    )
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from celery import Signature
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
 
 from bflow_tasks.celery_app import app
+from bflow_tasks.engine import webhooks as webhook_outbox
 from bflow_tasks.models import RuntimeCommand
 from bflow_tasks.tasks import workflow
 
@@ -15,6 +19,8 @@ log = logging.getLogger(__name__)
 # A publish that cannot reach the broker gives up quickly: the caller answers 503 rather
 # than holding the HTTP request while kombu reconnects forever.
 PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+# Webhook messages are only a nudge (the sweep finds whatever is due): one quick try.
+WEBHOOK_PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 
 
 class BrokerUnavailable(Exception):
@@ -53,4 +59,51 @@ def publish_opening(stage_ids: list[str]) -> None:
     workflow.open_stages.apply_async(args=(stage_ids,), retry=True, retry_policy=PUBLISH_RETRY)
 
 
-__all__ = ["BrokerUnavailable", "app", "command_signature", "publish_command", "publish_opening"]
+def publish_streams(streams: Iterable[tuple[str, str | None]], *, countdown: float | None = None) -> int:
+    """Enqueue `webhooks.deliver` for each (endpoint, runtime) stream; return how many went out.
+
+    A refusal is logged, not raised: the deliveries are committed rows, and the sweep
+    enqueues them once the broker is back.
+    """
+    sent = 0
+    for endpoint_id, runtime_id in streams:
+        try:
+            # By name: the task module imports this one.
+            app.send_task(
+                "webhooks.deliver",
+                args=(endpoint_id, runtime_id),
+                countdown=countdown,
+                retry=True,
+                retry_policy=WEBHOOK_PUBLISH_RETRY,
+            )
+        except Exception as exc:  # kombu raises transport-specific errors
+            log.warning("webhook stream %s/%s left to the sweep: %s", endpoint_id, runtime_id, exc)
+            break  # the broker is down: the others would wait for the same refusal
+        sent += 1
+    return sent
+
+
+@event.listens_for(Session, "after_commit")
+def _publish_touched_streams(session: Session) -> None:
+    # after_commit also fires when a savepoint is released: only the real commit publishes.
+    if session.get_nested_transaction() is not None:
+        return
+    streams = webhook_outbox.take_touched(session)
+    if streams:
+        publish_streams(streams)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_touched_streams(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        webhook_outbox.forget(session, transaction)
+
+
+__all__ = [
+    "BrokerUnavailable",
+    "app",
+    "command_signature",
+    "publish_command",
+    "publish_opening",
+    "publish_streams",
+]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,9 +22,25 @@ class Settings(BaseSettings):
 
     webhook_allow_private: bool = False
     webhook_retry_scale: float = Field(default=1.0, ge=0)
+    # DESIGN §6: 15 s for the whole attempt, of which connecting may take a short part.
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0)
+    webhook_connect_timeout_seconds: float = Field(default=3.0, gt=0)
+    # A claimed delivery is someone's for this long; it must outlast an attempt's timeout.
+    webhook_lease_seconds: float = Field(default=60.0, gt=0)
+    # Retries due sooner than this ride a countdown message; later ones wait for the sweep.
+    webhook_countdown_max_seconds: float = Field(default=60.0, ge=0)
+    # Encrypts webhook secrets at rest. Unset (the embedded default): a random key is created
+    # once in `secret_key_file`; several hosts must share one key, so set it in production.
+    secret_key: SecretStr | None = None
+    secret_key_file: Path = Path("./bflow-secret.key")
     archive_after_days: int = Field(default=365, ge=0)
     sla_scan_seconds: float = Field(default=60, gt=0)
     sweep_seconds: float = Field(default=30, gt=0)
+    # Beat jobs work in bounded batches, so one run never holds many locks or rows at once.
+    sla_batch_size: int = Field(default=500, ge=1)
+    archive_batch_size: int = Field(default=500, ge=1)
+    # The daily archive runs at this hour (UTC), when approvals are quiet.
+    archive_hour_utc: int = Field(default=3, ge=0, le=23)
 
     # A command or stage whose message has not been acted on after this long is re-enqueued
     # by the sweep; long enough that a healthy worker has always picked it up first.

@@ -6,8 +6,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from bflow_tasks.engine import clock
-from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeEvent, RuntimeLog, RuntimeStage
+from bflow_tasks.engine import clock, webhooks
+from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeEvent, RuntimeLog, RuntimeStage, new_id
 
 
 def log(
@@ -51,6 +51,7 @@ def emit(
     """Record a domain event (thin: ids, not documents) with the runtime's next sequence.
 
     The caller holds the runtime row lock, so the sequence increases without gaps or ties.
+    The event's webhook deliveries are written with it, in the same transaction.
     """
     runtime.event_sequence += 1
     now = clock.now()
@@ -72,13 +73,14 @@ def emit(
         data["actor"] = actor
     if status is not None:
         data["status"] = status
-    session.add(
-        RuntimeEvent(
-            tenant_id=runtime.tenant_id,
-            runtime_id=runtime.id,
-            sequence=runtime.event_sequence,
-            type=event_type,
-            data=data,
-            created_at=now,
-        )
+    event = RuntimeEvent(
+        id=new_id(),  # the deliveries name it before it is flushed
+        tenant_id=runtime.tenant_id,
+        runtime_id=runtime.id,
+        sequence=runtime.event_sequence,
+        type=event_type,
+        data=data,
+        created_at=now,
     )
+    session.add(event)
+    webhooks.fan_out(session, event)

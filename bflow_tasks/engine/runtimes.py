@@ -15,7 +15,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bflow_tasks.engine import clock, journal, stages
+from bflow_tasks.engine import clock, escalation, journal, stages
 from bflow_tasks.engine.approvers import ApproversUnresolved
 from bflow_tasks.engine.errors import Conflict, Forbidden, InvalidInput, NotFound
 from bflow_tasks.engine.workflows import current_version, get_workflow, load_definition
@@ -106,8 +106,9 @@ def submit(
         raise
     command = _command(session, runtime, kind="start", dedupe_key=f"start:{runtime.id}", actor=submitted_by)
     stages.add_viewer(session, runtime, submitted_by)
+    # No event yet: `runtime.created` goes out when the worker starts the runtime, so a
+    # submission withdrawn after a broker refusal (503) never told anyone it existed.
     journal.log(session, runtime, "runtime.submitted", actor=submitted_by)
-    journal.emit(session, runtime, "runtime.created", actor=submitted_by, status="pending")
     return runtime, command
 
 
@@ -144,9 +145,12 @@ def request_action(
             )
         if delegate_to == actor:
             raise InvalidInput("a task cannot be delegated to its own assignee")
-        if delegate_to in {
-            p["user"] for p in session.get_one(RuntimeStage, assignee.runtime_stage_id).approvers
-        }:
+        # Anyone who ever held a task on this stage (a former delegator, an escalation
+        # stand-in) keeps its row, and a user has one row per stage.
+        holders = session.scalars(
+            select(RuntimeAssignee.user).where(RuntimeAssignee.runtime_stage_id == assignee.runtime_stage_id)
+        )
+        if delegate_to in set(holders):
             raise Conflict(f"'{delegate_to}' already has a task on this stage")
     if data:
         _check_zones(session, runtime, assignee.node_key, data)
@@ -217,6 +221,7 @@ def start(session: Session, *, command_id: str) -> list[str]:
     command, runtime = _claim(session, command_id)
     if command is None or runtime is None or runtime.status != "pending":
         return _unopened(session, runtime)
+    journal.emit(session, runtime, "runtime.created", actor=runtime.submitted_by, status="pending")
     runtime.status = "in_progress"
     journal.log(session, runtime, "runtime.started", actor=runtime.submitted_by)
     return _pass_create_node(session, runtime)
@@ -253,6 +258,7 @@ def apply_action(session: Session, *, command_id: str) -> list[str]:
         )
         return []
     assignee.status, assignee.action_taken, assignee.completed_at = "completed", action, clock.now()
+    escalation.release_stand_ins(session, runtime, stage, assignee)  # one approval per approver place
     assignee.comments = payload.get("comments")
     if payload.get("data"):
         runtime.data = {**runtime.data, **payload["data"]}

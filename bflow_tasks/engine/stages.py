@@ -220,6 +220,7 @@ def _assign(
 ) -> RuntimeAssignee:
     definition = load_definition(session, runtime.workflow_version_id)
     sla_hours = definition.node(stage.node_key).sla_hours
+    reminder_hours = definition.node(stage.node_key).reminder_hours
     now = clock.now()
     assignee = RuntimeAssignee(
         runtime_id=runtime.id,
@@ -232,6 +233,7 @@ def _assign(
         due_at=delegated_from.due_at
         if delegated_from
         else (now + timedelta(hours=sla_hours) if sla_hours else None),
+        next_reminder_at=now + timedelta(hours=reminder_hours) if reminder_hours else None,
         created_at=now,
     )
     session.add(assignee)

@@ -518,3 +518,13 @@ def test_the_sweep_resends_lost_work_once_per_grace_period(d, session_factory):
             assert found == (expected, expected), offset
     finally:
         clock.set_clock(None)
+
+
+def test_a_task_cannot_be_delegated_back_to_a_former_holder(d, session_factory):
+    rid = d.submit(d.workflow(single_stage([{"users": ["a", "b"]}], "all")), {})
+    d.act(rid, "a", "delegate", delegate_to="deputy")
+    task = d.task_of(rid, "deputy")
+    with session_factory() as s, pytest.raises(Conflict):
+        runtimes.request_action(
+            s, tenant_id=d.tenant_id, task_id=task, action="delegate", actor="deputy", delegate_to="a"
+        )

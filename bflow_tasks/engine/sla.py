@@ -1,0 +1,175 @@
+"""The SLA scan (Beat): mark overdue tasks, escalate them, and send reminders.
+
+Every event goes out exactly once because each is tied to a change of bookkeeping made in
+the same transaction, under the runtime's row lock: `task.overdue` to the task leaving
+`pending` (and `overdue_at` being set), `task.escalated` to `escalated_at` being set,
+`task.reminded` to `next_reminder_at` moving past now. A scan run twice, or two scans at
+once, finds nothing left to do the second time.
+
+Candidates are found through `idx_runtime_assignee_status_due` and
+`idx_runtime_assignee_status_reminder`, at most `batch` of each per run; whatever is left
+waits for the next run. Each runtime is handled in its own short transaction, in id order,
+so the scan never holds many locks and cannot deadlock with itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from bflow_tasks.engine import clock, escalation, journal, runtimes
+from bflow_tasks.engine.jobs import SessionScope
+from bflow_tasks.engine.workflows import load_definition
+from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeStage
+
+log = logging.getLogger(__name__)
+
+OPEN_TASK = ("pending", "overdue")
+
+
+def overdue_query(now: datetime, limit: int) -> Select[str, str]:
+    """Pending tasks past their due time, oldest first (a range on idx_runtime_assignee_status_due)."""
+    return (
+        select(RuntimeAssignee.id, RuntimeAssignee.runtime_id)
+        .where(RuntimeAssignee.status == "pending", RuntimeAssignee.due_at <= now)
+        .order_by(RuntimeAssignee.due_at)
+        .limit(limit)
+    )
+
+
+def reminder_query(now: datetime, limit: int) -> Select[str, str]:
+    """Open tasks whose next reminder is due (a range on idx_runtime_assignee_status_reminder)."""
+    # No ORDER BY: with two statuses it would sort every due reminder before LIMIT applies;
+    # each task sent drops out of the range, so every due one is reached in a later run.
+    return (
+        select(RuntimeAssignee.id, RuntimeAssignee.runtime_id)
+        .where(RuntimeAssignee.status.in_(OPEN_TASK), RuntimeAssignee.next_reminder_at <= now)
+        .limit(limit)
+    )
+
+
+def scan(scope: SessionScope, *, batch: int = 500) -> dict[str, Any]:
+    """Run one SLA scan: overdue marking with escalation, then reminders; return the counts."""
+    now = clock.now()
+    with scope() as session:
+        overdue = session.execute(overdue_query(now, batch)).all()
+        reminders = session.execute(reminder_query(now, batch)).all()
+    work: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
+    for task_id, runtime_id in overdue:
+        work[runtime_id][0].append(task_id)
+    for task_id, runtime_id in reminders:
+        work[runtime_id][1].append(task_id)
+    counts = {"overdue": 0, "escalated": 0, "reminded": 0, "errors": 0}
+    for runtime_id in sorted(work):
+        overdue_ids, reminder_ids = work[runtime_id]
+        try:
+            with scope() as session:
+                done = _scan_runtime(session, runtime_id, overdue_ids, reminder_ids, now=now)
+        except Exception:
+            # One broken runtime must not stop the others' reminders; it is retried next run.
+            log.exception("SLA scan failed for runtime %s", runtime_id)
+            counts["errors"] += 1
+            continue
+        for key, value in done.items():
+            counts[key] += value
+    counts["more"] = int(len(overdue) == batch or len(reminders) == batch)
+    return counts
+
+
+def _scan_runtime(
+    session: Session, runtime_id: str, overdue_ids: list[str], reminder_ids: list[str], *, now: datetime
+) -> dict[str, int]:
+    """Handle one runtime's due tasks under its lock, re-checking each against fresh rows."""
+    runtime = runtimes.lock(session, runtime_id)
+    done = {"overdue": 0, "escalated": 0, "reminded": 0}
+    for task in _tasks(session, overdue_ids):
+        if task.status == "pending" and task.due_at is not None and task.due_at <= now:
+            done["overdue"] += 1
+            done["escalated"] += _mark_overdue(session, runtime, task, now=now)
+    for task in _tasks(session, reminder_ids):
+        if task.status in OPEN_TASK and task.next_reminder_at is not None and task.next_reminder_at <= now:
+            done["reminded"] += _remind(session, runtime, task, now=now)
+    return done
+
+
+def _tasks(session: Session, ids: list[str]) -> list[RuntimeAssignee]:
+    if not ids:
+        return []
+    # populate_existing: what a concurrent action committed before we took the lock wins.
+    return list(
+        session.scalars(
+            select(RuntimeAssignee)
+            .where(RuntimeAssignee.id.in_(ids))
+            .order_by(RuntimeAssignee.created_at, RuntimeAssignee.id)
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+def _mark_overdue(session: Session, runtime: Runtime, task: RuntimeAssignee, *, now: datetime) -> int:
+    """Mark a task overdue (task.overdue), then escalate it if its node says so; 1 if escalated."""
+    stage = session.get_one(RuntimeStage, task.runtime_stage_id)
+    task.status, task.overdue_at = "overdue", now
+    if task.next_reminder_at is not None and task.next_reminder_at <= now:
+        # The overdue notice stands for a reminder falling due at the same time.
+        task.next_reminder_at = _next_reminder(session, runtime, task, now=now)
+    journal.log(session, runtime, "task.overdue", stage=stage, assignee=task, details=_due(task))
+    journal.emit(session, runtime, "task.overdue", stage=stage, assignee=task, status="overdue")
+    escalate_to = load_definition(session, runtime.workflow_version_id).node(stage.node_key).escalate_to
+    # A stand-in that runs late is not escalated again: it is already the escalation.
+    if not escalate_to or task.escalated_at is not None or task.assign_type == "escalation":
+        return 0
+    task.escalated_at = now
+    stand_in = escalation.add_stand_in(session, runtime, stage, task, to_user=escalate_to)
+    if stand_in is None:
+        journal.log(
+            session,
+            runtime,
+            "task.escalation_skipped",
+            stage=stage,
+            assignee=task,
+            message=f"no stand-in added: {escalate_to} already has a task on this stage",
+        )
+        return 0
+    journal.log(
+        session,
+        runtime,
+        "task.escalated",
+        stage=stage,
+        assignee=task,
+        details={"to": escalate_to, "stand_in_task_id": stand_in.id},
+    )
+    journal.emit(session, runtime, "task.escalated", stage=stage, assignee=task, status="escalated")
+    return 1
+
+
+def _remind(session: Session, runtime: Runtime, task: RuntimeAssignee, *, now: datetime) -> int:
+    """Send the reminder that is due (task.reminded) and schedule the next; 1 if sent."""
+    stage = session.get_one(RuntimeStage, task.runtime_stage_id)
+    task.next_reminder_at = _next_reminder(session, runtime, task, now=now)
+    if stage.status != "open" or runtime.status != "in_progress":
+        return 0
+    task.last_reminded_at = now
+    journal.log(session, runtime, "task.reminded", stage=stage, assignee=task, details=_due(task))
+    journal.emit(session, runtime, "task.reminded", stage=stage, assignee=task, status=task.status)
+    return 1
+
+
+def _next_reminder(
+    session: Session, runtime: Runtime, task: RuntimeAssignee, *, now: datetime
+) -> datetime | None:
+    """The first reminder time after now on the task's grid (missed ones are not sent late)."""
+    hours = load_definition(session, runtime.workflow_version_id).node(task.node_key).reminder_hours
+    if not hours or task.next_reminder_at is None:
+        return None
+    every = timedelta(hours=hours)
+    return task.next_reminder_at + every * ((now - task.next_reminder_at) // every + 1)
+
+
+def _due(task: RuntimeAssignee) -> dict[str, Any]:
+    return {"due_at": task.due_at.isoformat() + "Z" if task.due_at else None}

@@ -1,0 +1,1 @@
+"""The sending side of webhooks: secrets at rest, signatures, SSRF-safe HTTP, the delivery loop."""

@@ -1,0 +1,107 @@
+"""On MariaDB, the SLA scan's and the archive's selections are index range reads, never full scans."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, Engine, Select, insert, select, text
+
+from bflow_tasks.engine import archive, sla
+from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeStage
+from tests.beat.conftest import T0
+from tests.engine.driver import Driver
+from tests.factories import leave_request_definition
+
+pytestmark = pytest.mark.parametrize("database_url", ["mysql"], indirect=True)
+
+ROWS = 3000
+
+
+def explain(conn: Connection, query: Select[Any], table: str) -> dict[str, Any]:
+    """The EXPLAIN row of `table` for the query exactly as the engine sends it."""
+    compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    plan = conn.exec_driver_sql("EXPLAIN " + compiled.string, compiled.params).mappings().all()
+    return dict(next(row for row in plan if row["table"] == table))
+
+
+def assert_uses_an_index(row: dict[str, Any], index: str) -> None:
+    assert row["key"] is not None and row["type"] != "ALL", row
+    assert row["key"] == index, row
+
+
+@pytest.fixture
+def populated(engine: Engine, session_factory) -> Engine:
+    """Thousands of finished tasks and runtimes around a few that the jobs are after."""
+    d = Driver(session_factory)
+    workflow_id = d.workflow(leave_request_definition())
+    runtime_id = d.submit(workflow_id, {"amount": 10})
+    with session_factory() as s:
+        runtime = s.get_one(Runtime, runtime_id)
+        stage_id = s.scalars(
+            select(RuntimeStage.id).where(
+                RuntimeStage.runtime_id == runtime_id, RuntimeStage.status == "open"
+            )
+        ).one()
+    assignees = [
+        {
+            "id": f"a-{n:05d}",
+            "runtime_id": runtime_id,
+            "runtime_stage_id": stage_id,
+            "tenant_id": d.tenant_id,
+            "node_key": "manager_review",
+            "user": f"user-{n}",
+            "assign_type": "user",
+            # Most tasks are long done; a few are open, some of those past due.
+            "status": "completed" if n % 50 else ("pending" if n % 100 else "overdue"),
+            "due_at": T0 + timedelta(hours=n % 7 - 3),
+            "next_reminder_at": T0 + timedelta(minutes=n % 11 - 5),
+            "created_at": T0 - timedelta(days=1),
+        }
+        for n in range(ROWS)
+    ]
+    runtimes = [
+        {
+            "id": f"r-{n:05d}",
+            "tenant_id": d.tenant_id,
+            "workflow_id": workflow_id,
+            "workflow_version_id": runtime.workflow_version_id,
+            "document_type": "leave_request",
+            "document_id": f"R{n}",
+            "data": {},
+            "status": "completed" if n % 10 else "in_progress",
+            "submitted_by": "alice",
+            "in_flight": None if n % 10 else True,
+            "created_at": T0 - timedelta(days=n % 800),
+            "updated_at": T0,
+            # Only a few ended long enough ago to archive.
+            "ended_at": T0 - timedelta(days=(n % 400) if n % 10 else 0) if n % 10 else None,
+        }
+        for n in range(ROWS)
+    ]
+    with engine.begin() as conn:
+        conn.execute(insert(RuntimeAssignee), assignees)
+        conn.execute(insert(Runtime), runtimes)
+        conn.execute(text("ANALYZE TABLE runtime_assignee, runtime"))
+    return engine
+
+
+def test_the_overdue_selection_reads_idx_runtime_assignee_status_due(populated: Engine) -> None:
+    with populated.connect() as conn:
+        row = explain(conn, sla.overdue_query(T0, 500), "runtime_assignee")
+    assert_uses_an_index(row, "idx_runtime_assignee_status_due")
+    assert "filesort" not in (row["Extra"] or "")  # the index gives the due_at order
+
+
+def test_the_reminder_selection_reads_idx_runtime_assignee_status_reminder(populated: Engine) -> None:
+    with populated.connect() as conn:
+        row = explain(conn, sla.reminder_query(T0, 500), "runtime_assignee")
+    assert_uses_an_index(row, "idx_runtime_assignee_status_reminder")
+
+
+def test_the_archive_selection_reads_idx_runtime_ended_at(populated: Engine) -> None:
+    with populated.connect() as conn:
+        row = explain(conn, archive.due_query(T0 - timedelta(days=365), 500), "runtime")
+    assert_uses_an_index(row, "idx_runtime_ended_at")
+    assert "filesort" not in (row["Extra"] or "")  # LIMIT stops after one batch of the range
