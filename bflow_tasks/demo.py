@@ -22,8 +22,10 @@ import uvicorn
 
 from bflow_tasks import migrations
 from bflow_tasks.db import session_scope
+from bflow_tasks.demo_receiver import Receiver
 from bflow_tasks.embedded import worker_and_beat
 from bflow_tasks.engine import tenants
+from bflow_tasks.models import RuntimeEvent
 from bflow_tasks.settings import settings
 
 MANAGERS = ["mai", "minh", "lan"]
@@ -191,21 +193,35 @@ def _parse(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).replace(tzinfo=None)
 
 
+def _events_of(tenant_id: str) -> int:
+    from sqlalchemy import func, select
+
+    with session_scope() as session:
+        return session.scalar(select(func.count()).where(RuntimeEvent.tenant_id == tenant_id)) or 0
+
+
 def run_demo(*, as_json: bool = False) -> int:
     """Run the demo end to end; return the process exit code."""
     migrations.upgrade(settings.database_url)
+    # The demo's webhook receiver listens on loopback, which production refuses (SSRF guard).
+    settings.webhook_allow_private = True
     with session_scope() as session:
         tenant, token = tenants.create_tenant(session, name="Demo Co")
     started = time.monotonic()
     try:
-        with worker_and_beat(), _shim_on_loopback() as base_url:
-            runtimes = _scenario(Client(base_url, token))
+        with Receiver() as receiver, worker_and_beat(), _shim_on_loopback() as base_url:
+            client = Client(base_url, token)
+            hook = client.call("POST", "/webhooks", 201, json={"url": receiver.url, "events": ["*"]})
+            receiver.secret = hook["secret"]
+            runtimes = _scenario(client)
+            _wait(lambda: len(receiver.events) >= _events_of(tenant.id) > 0, "every event's webhook")
     except DemoFailed as exc:
         print(f"demo failed: {exc}")
         return 1
     elapsed = time.monotonic() - started
     expected = ["completed", "completed", "completed", "rejected"]
-    ok = [r["status"] for r in runtimes] == expected
+    webhooks_ok = receiver.rejected == 0 and receiver.in_order()
+    ok = [r["status"] for r in runtimes] == expected and webhooks_ok
     if as_json:
         print(
             json.dumps(
@@ -213,6 +229,11 @@ def run_demo(*, as_json: bool = False) -> int:
                     "ok": ok,
                     "tenant_id": tenant.id,
                     "seconds": round(elapsed, 3),
+                    "webhooks": {
+                        "received": len(receiver.events),
+                        "rejected": receiver.rejected,
+                        "in_order": receiver.in_order(),
+                    },
                     "runtimes": [
                         {"id": r["id"], "document_id": r["document_id"], "status": r["status"]}
                         for r in runtimes
@@ -224,5 +245,11 @@ def run_demo(*, as_json: bool = False) -> int:
         print(f"Bflow demo on {settings.database_url} with broker {settings.broker_url}\n")
         for runtime in runtimes:
             print(_timeline(runtime) + "\n")
+        kinds = sorted({event["type"] for event in receiver.events})
+        print(
+            f"webhooks: {len(receiver.events)} received on {receiver.url}, each verified (standardwebhooks)"
+            f" ({receiver.rejected} rejected), {'in' if receiver.in_order() else 'OUT OF'} sequence order"
+            f" per runtime\n  types: {', '.join(kinds)}"
+        )
         print(f"{len(runtimes)} documents, {'as expected' if ok else 'NOT as expected'}, in {elapsed:.1f} s")
     return 0 if ok else 1

@@ -29,6 +29,7 @@ def test_demo_runs_the_embedded_default_end_to_end(tmp_path):
     result = run(tmp_path, "demo", timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "4 documents, as expected" in result.stdout
+    assert "(0 rejected), in sequence order per runtime" in result.stdout
     for needle in (
         "runtime.returned",
         "runtime.resubmitted",
@@ -46,6 +47,8 @@ def test_demo_json_prints_one_object(tmp_path):
     summary = json.loads(result.stdout)
     assert summary["ok"] is True
     assert [r["status"] for r in summary["runtimes"]] == ["completed", "completed", "completed", "rejected"]
+    assert summary["webhooks"]["received"] > 40
+    assert summary["webhooks"]["rejected"] == 0 and summary["webhooks"]["in_order"] is True
 
 
 @pytest.fixture
