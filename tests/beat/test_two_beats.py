@@ -1,7 +1,7 @@
 """Two `celery beat` processes started by mistake, one worker, one Redis: each slot still runs once.
 
 Real processes: `bflow db upgrade`, a worker on the maintenance queue and two Beats, with the
-SLA scan and the sweep every second, for BFLOW_BEAT_TEST_SECONDS (default 20). Both Beats
+SLA scan and the sweep every second, for BFLOW_BEAT_TEST_SECONDS (default 60). Both Beats
 send every job; the worker's log shows which firing claimed its slot and which found it taken.
 Redis databases 8 (broker) and 9 (results) and MariaDB `bflow_beat<suffix>` belong to this test.
 """
@@ -31,7 +31,7 @@ from tests import services
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-DURATION = float(os.environ.get("BFLOW_BEAT_TEST_SECONDS", "20"))
+DURATION = float(os.environ.get("BFLOW_BEAT_TEST_SECONDS", "60"))
 JOBS = ("maintenance.sla_scan", "maintenance.sweep")
 LINE = re.compile(r"job (?P<job>\S+) slot (?P<slot>\S+): (?P<outcome>claimed|already fired, skipped)")
 SENT = re.compile(r"Sending due task (?P<job>maintenance\.\w+) ")

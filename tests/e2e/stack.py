@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import yaml
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.engine import make_url
 
@@ -48,9 +49,9 @@ QUEUES = ("workflow", "webhooks", "maintenance")
 # Redis databases reserved for the e2e suite (the other suites use lower numbers).
 REDIS_BROKER_DB = 10
 REDIS_RESULTS_DB = {"redis": 11, "rabbitmq": 12}
-# The sweep runs every second and re-enqueues what has waited 3 s (DESIGN §4 rule 3);
-# BFLOW_SWEEP_GRACE is a timedelta, which pydantic reads as ISO 8601 from the environment.
-SERVED_ENV = {"BFLOW_SWEEP_SECONDS": "1", "BFLOW_SWEEP_GRACE": "PT3S"}
+# The sweep runs every second and re-enqueues what has waited 3 s (DESIGN §4 rule 3).
+# Webhook receivers in these tests listen on loopback, which production refuses.
+SERVED_ENV = {"BFLOW_SWEEP_SECONDS": "1", "BFLOW_SWEEP_GRACE": "3", "BFLOW_WEBHOOK_ALLOW_PRIVATE": "true"}
 KINDS = ("embedded", "redis", "rabbitmq")
 
 _live: set[Proc] = set()
@@ -411,7 +412,9 @@ def _prepare(kind: str, workdir: Path, cleanup: ExitStack) -> Stack:
     """Fresh services for the stack: an empty database, empty queues, a clean environment."""
     workdir.mkdir(parents=True, exist_ok=True)
     if kind == "embedded":
-        env = clean_env({"BFLOW_DATABASE_URL": f"sqlite:///{workdir / 'bflow.db'}"})
+        env = clean_env(
+            {"BFLOW_DATABASE_URL": f"sqlite:///{workdir / 'bflow.db'}", "BFLOW_WEBHOOK_ALLOW_PRIVATE": "true"}
+        )
         return Stack(kind, workdir, env)
     if kind not in KINDS:
         raise ValueError(f"unknown stack kind {kind!r}; expected one of {KINDS}")
@@ -447,56 +450,37 @@ def _start_embedded(stack: Stack) -> None:
     wait_healthy(stack)
 
 
+def compose_command(service: str, **replace: str) -> list[str]:
+    """The command docker-compose.yml runs for `service`, as this machine can run it.
+
+    The tests run exactly what operators run: only the executable (this venv's), container
+    paths and the listening address are substituted, by `replace` (old -> new argument).
+    """
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    argv = [replace.get(arg, arg) for arg in compose["services"][service]["command"]]
+    program = {"celery": ["-m", "celery"], "uvicorn": ["-m", "uvicorn"], "bflow": ["-m", "bflow_tasks.cli"]}
+    return [sys.executable, *program[argv[0]], *argv[1:]]
+
+
 def _start_served(stack: Stack) -> None:
     stack.bflow("db", "upgrade")
     start_worker(stack)
-    stack.add(
-        "beat",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "bflow_tasks",
-            "beat",
-            "--loglevel=INFO",
-            "-s",
-            str(stack.workdir / "beat-schedule"),
-        ],
-    )
+    stack.add("worker-maintenance", compose_command("worker-maintenance"))
+    schedule = str(stack.workdir / "celerybeat-schedule")
+    stack.add("beat", compose_command("beat", **{"/var/lib/bflow/celerybeat-schedule": schedule}))
     port = free_port()
     stack.base_url = f"http://127.0.0.1:{port}"
-    stack.add(
-        "shim",
-        [sys.executable, "-m", "uvicorn", "api_shim.app:app", "--host", "127.0.0.1", "--port", str(port)],
-    )
+    stack.add("shim", compose_command("shim", **{"0.0.0.0": "127.0.0.1", "8000": str(port)}))
     wait_healthy(stack)
     stack.procs["worker"].wait_for_output(" ready.")
-
-
-def worker_argv() -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "bflow_tasks",
-        "worker",
-        "-Q",
-        ",".join(QUEUES),
-        "-c",
-        "2",
-        "--loglevel=INFO",
-        "-n",
-        "e2e@%h",
-    ]
+    stack.procs["worker-maintenance"].wait_for_output(" ready.")
 
 
 def start_worker(stack: Stack) -> Proc:
-    """Start (or restart) the stack's Celery worker."""
+    """Start (or restart) the stack's workflow + webhooks worker, as docker-compose runs it."""
     proc = stack.procs.get("worker")
     if proc is None:
-        return stack.add("worker", worker_argv())
+        return stack.add("worker", compose_command("worker"))
     proc.start()
     return proc
 

@@ -17,8 +17,9 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
+from bflow_tasks.demo_receiver import Receiver
 from bflow_tasks.models import Runtime, RuntimeCommand, Workflow
-from tests.e2e.stack import E2EClient, Stack, Tenant, launch, unique
+from tests.e2e.stack import E2EClient, Stack, Tenant, launch, unique, wait_until
 from tests.factories import leave_request_definition
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(120)]
@@ -468,3 +469,34 @@ def test_oversize_body_is_refused(world: World) -> None:
     )
     assert error_of(streamed, 413)["code"] == "payload_too_large"
     assert_nothing_admitted(world, before, runtime_id)
+
+
+def test_webhooks_arrive_signed_once_and_in_order(world: World) -> None:
+    """A real receiver on loopback verifies every delivery with the endpoint's secret."""
+    with Receiver() as receiver:
+        hook = world.client.call("POST", "/webhooks", 201, json={"url": receiver.url, "events": ["*"]})
+        receiver.secret = hook["secret"]
+        try:
+            runtime_id = world.client.submit(world.any, unique("WH"), {"amount": 1}, by="alice")
+            world.client.act(runtime_id, "a2")
+            world.client.wait_for_status(runtime_id, "completed")
+
+            def arrived() -> list[dict[str, Any]] | None:
+                mine = [e for e in receiver.events if e["data"].get("runtime_id") == runtime_id]
+                return mine if any(e["type"] == "runtime.completed" for e in mine) else None
+
+            events = wait_until(arrived, "the runtime.completed webhook", timeout=30)
+        finally:
+            world.client.call("DELETE", f"/webhooks/{hook['id']}", 204)
+    assert receiver.rejected == 0 and receiver.in_order()
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    types = [e["type"] for e in events]
+    assert types[0] == "runtime.created" and types[-1] == "runtime.completed"
+    for once in ("stage.started", "task.completed", "stage.completed", "runtime.completed"):
+        assert types.count(once) == 1, types
+    # a2 may approve before the opening chord's body ran (then stage.started is emitted with
+    # the completion), and before a1's and a3's tasks existed (then they are never created).
+    assert types.index("stage.started") < types.index("stage.completed")
+    assigned = [e["data"]["assignee"] for e in events if e["type"] == "task.assigned"]
+    assert "a2" in assigned and set(assigned) <= {"a1", "a2", "a3"}
+    assert types.index("task.completed") > types.index("task.assigned")
