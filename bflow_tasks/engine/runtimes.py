@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from bflow_tasks.engine import clock, escalation, journal, stages
 from bflow_tasks.engine.approvers import ApproversUnresolved
 from bflow_tasks.engine.errors import Conflict, Forbidden, InvalidInput, NotFound
-from bflow_tasks.engine.workflows import current_version, get_workflow, load_definition
-from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeCommand, RuntimeStage
+from bflow_tasks.engine.workflows import admission_target, load_definition
+from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeCommand, RuntimeStage, new_id
 
 ACTIONS = ("approve", "reject", "return", "delegate")
 
@@ -67,24 +67,26 @@ def submit(
     was already accepted (nothing new to enqueue).
     """
     request = {"workflow_id": workflow_id, "document_type": document_type, "document_id": document_id}
-    if idempotency_key is not None:
-        earlier = _by_idempotency_key(session, tenant_id, idempotency_key)
-        if earlier is not None:
-            return _replayed(earlier, request), None
-    workflow = get_workflow(session, tenant_id=tenant_id, workflow_id=workflow_id)
-    if not workflow.is_active:
+    earlier = _earlier_submission(session, tenant_id, idempotency_key, document_type, document_id)
+    if earlier is not None and idempotency_key is not None and earlier.idempotency_key == idempotency_key:
+        return _replayed(earlier, request), None
+    if earlier is not None:
+        raise Conflict(
+            f"document {document_type}/{document_id} is already in flight", details={"runtime_id": earlier.id}
+        )
+    target = admission_target(session, tenant_id=tenant_id, workflow_id=workflow_id)
+    if not target.is_active:
         raise Conflict(f"workflow {workflow_id} is deactivated")
-    if workflow.document_type != document_type:
+    if target.document_type != document_type:
         raise InvalidInput(
-            f"document_type '{document_type}' does not match the workflow's '{workflow.document_type}'",
+            f"document_type '{document_type}' does not match the workflow's '{target.document_type}'",
             details=[{"path": "$.document_type", "message": "does not match the workflow"}],
         )
-    _refuse_if_in_flight(session, tenant_id, document_type, document_id)
     runtime = Runtime(
         tenant_id=tenant_id,
-        company_id=workflow.company_id,
-        workflow_id=workflow.id,
-        workflow_version_id=current_version(session, workflow).id,
+        company_id=target.company_id,
+        workflow_id=target.workflow_id,
+        workflow_version_id=target.version_id,
         document_type=document_type,
         document_id=document_id,
         data=data,
@@ -92,23 +94,22 @@ def submit(
         idempotency_key=idempotency_key,
         created_at=clock.now(),
     )
-    try:
-        with session.begin_nested():
-            session.add(runtime)
-            session.flush()
-    except IntegrityError:
-        # A concurrent submit of the same key or document won the race.
-        if idempotency_key is not None:
-            earlier = _by_idempotency_key(session, tenant_id, idempotency_key)
-            if earlier is not None:
-                return _replayed(earlier, request), None
-        _refuse_if_in_flight(session, tenant_id, document_type, document_id)
-        raise
-    command = _command(session, runtime, kind="start", dedupe_key=f"start:{runtime.id}", actor=submitted_by)
-    stages.add_viewer(session, runtime, submitted_by)
+    runtime.id = new_id()  # known before the flush, so the rows below go out in one
+    command = RuntimeCommand(
+        runtime_id=runtime.id,
+        kind="start",
+        dedupe_key=f"start:{runtime.id}",
+        actor=submitted_by,
+        payload={},
+        created_at=runtime.created_at,
+    )
+    session.add_all([runtime, command])
     # No event yet: `runtime.created` goes out when the worker starts the runtime, so a
     # submission withdrawn after a broker refusal (503) never told anyone it existed.
     journal.log(session, runtime, "runtime.submitted", actor=submitted_by)
+    # A concurrent submit of the same key or document that won the race makes this flush
+    # fail on a unique constraint: the caller answers 409, as for a request in flight.
+    session.flush()  # the caller publishes the command by its id
     return runtime, command
 
 
@@ -124,18 +125,20 @@ def request_action(
     data: dict[str, Any] | None = None,
 ) -> RuntimeCommand:
     """Admit a person's action on their task, refusing anything that could not be applied."""
-    assignee = session.scalars(
-        select(RuntimeAssignee).where(RuntimeAssignee.id == task_id, RuntimeAssignee.tenant_id == tenant_id)
+    found = session.execute(
+        select(RuntimeAssignee, Runtime)
+        .join(Runtime, Runtime.id == RuntimeAssignee.runtime_id)
+        .where(RuntimeAssignee.id == task_id, RuntimeAssignee.tenant_id == tenant_id)
     ).one_or_none()
-    if assignee is None:
+    if found is None:
         raise NotFound(f"task {task_id} not found")
+    assignee, runtime = found
     if action not in ACTIONS:
         raise InvalidInput(f"unknown action '{action}'; expected one of {', '.join(ACTIONS)}")
     if assignee.user != actor:
         raise Forbidden(f"'{actor}' may not act on a task assigned to another user")
     if assignee.status not in ("pending", "overdue"):
         raise Conflict(f"task {task_id} is already {assignee.status}")
-    runtime = session.get_one(Runtime, assignee.runtime_id)
     if runtime.status != "in_progress":
         raise Conflict(f"runtime {runtime.id} is {runtime.status}")
     if action == "delegate":
@@ -222,6 +225,7 @@ def start(session: Session, *, command_id: str) -> list[str]:
     if command is None or runtime is None or runtime.status != "pending":
         return _unopened(session, runtime)
     journal.emit(session, runtime, "runtime.created", actor=runtime.submitted_by, status="pending")
+    stages.add_viewer(session, runtime, runtime.submitted_by)
     runtime.status = "in_progress"
     journal.log(session, runtime, "runtime.started", actor=runtime.submitted_by)
     return _pass_create_node(session, runtime)
@@ -406,11 +410,12 @@ def _command(
         payload=payload or {},
         created_at=clock.now(),
     )
+    session.add(command)
     try:
-        with session.begin_nested():
-            session.add(command)
-            session.flush()
+        session.flush()
     except IntegrityError:
+        # The dedupe key is taken: that request was already accepted. The caller's
+        # transaction is rolled back with the refusal, so nothing else was written.
         raise Conflict(conflict) from None
     return command
 
@@ -427,10 +432,19 @@ def _check_zones(session: Session, runtime: Runtime, node_key: str, data: dict[s
         )
 
 
-def _by_idempotency_key(session: Session, tenant_id: str, key: str) -> Runtime | None:
-    return session.scalars(
-        select(Runtime).where(Runtime.tenant_id == tenant_id, Runtime.idempotency_key == key)
-    ).one_or_none()
+def _earlier_submission(
+    session: Session, tenant_id: str, key: str | None, document_type: str, document_id: str
+) -> Runtime | None:
+    """Return the runtime this submission repeats (same Idempotency-Key) or collides with (in flight)."""
+    in_flight = (
+        (Runtime.document_type == document_type)
+        & (Runtime.document_id == document_id)
+        & Runtime.in_flight.is_(True)
+    )
+    matches = in_flight if key is None else in_flight | (Runtime.idempotency_key == key)
+    rows = session.scalars(select(Runtime).where(Runtime.tenant_id == tenant_id, matches)).all()
+    # The replayed key wins over the collision: the client is retrying the same request.
+    return next((r for r in rows if key is not None and r.idempotency_key == key), rows[0] if rows else None)
 
 
 def _replayed(earlier: Runtime, request: dict[str, str]) -> Runtime:
@@ -438,19 +452,3 @@ def _replayed(earlier: Runtime, request: dict[str, str]) -> Runtime:
     if not same:
         raise Conflict("Idempotency-Key was already used for another document")
     return earlier
-
-
-def _refuse_if_in_flight(session: Session, tenant_id: str, document_type: str, document_id: str) -> None:
-    running = session.scalar(
-        select(Runtime.id).where(
-            Runtime.tenant_id == tenant_id,
-            Runtime.document_type == document_type,
-            Runtime.document_id == document_id,
-            Runtime.in_flight.is_(True),
-        )
-    )
-    if running is not None:
-        raise Conflict(
-            f"document {document_type}/{document_id} is already in flight",
-            details={"runtime_id": running},
-        )

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 
+from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bflow_tasks.models import ApiToken, Tenant
 
 TOKEN_PREFIX = "bflow_"
+# Every request carries a token: a valid one is remembered for this long, so a revocation
+# takes up to this long to reach every shim process.
+TOKEN_CACHE_SECONDS = 30
+
+_tenant_by_digest: TTLCache[str, str] = TTLCache(maxsize=10_000, ttl=TOKEN_CACHE_SECONDS)
+_cache_lock = threading.Lock()
 
 
 def create_tenant(session: Session, *, name: str) -> tuple[Tenant, str]:
@@ -30,12 +38,19 @@ def issue_token(session: Session, *, tenant_id: str, name: str = "default") -> s
 
 
 def tenant_for_token(session: Session, token: str) -> str | None:
-    """Return the tenant id a valid, unrevoked token belongs to, or None."""
-    return session.scalar(
-        select(ApiToken.tenant_id).where(
-            ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None)
-        )
+    """Return the tenant id a valid, unrevoked token belongs to, or None (cached briefly)."""
+    digest = hash_token(token)
+    with _cache_lock:
+        cached = _tenant_by_digest.get(digest)
+    if cached is not None:
+        return cached
+    tenant_id = session.scalar(
+        select(ApiToken.tenant_id).where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))
     )
+    if tenant_id is not None:
+        with _cache_lock:
+            _tenant_by_digest[digest] = tenant_id
+    return tenant_id
 
 
 def hash_token(token: str) -> str:

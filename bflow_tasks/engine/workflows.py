@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
 from typing import Any
 
+from cachetools import TTLCache
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -12,6 +15,9 @@ from bflow_tasks.engine.errors import NotFound
 from bflow_tasks.models import Association, Node, Workflow, WorkflowVersion
 
 _CACHE_SIZE = 512
+ADMISSION_CACHE_SECONDS = 5
+_admissions: TTLCache[tuple[str, str], AdmissionTarget] = TTLCache(maxsize=4096, ttl=ADMISSION_CACHE_SECONDS)
+_cache_lock = threading.Lock()
 _definitions: dict[str, WorkflowDefinition] = {}
 _node_ids: dict[str, dict[str, str]] = {}
 
@@ -46,6 +52,7 @@ def update_workflow(
     version = _store_version(
         session, workflow=workflow, definition=definition, number=workflow.current_version
     )
+    _forget_admission(tenant_id, workflow_id)
     return workflow, version
 
 
@@ -53,7 +60,55 @@ def deactivate_workflow(session: Session, *, tenant_id: str, workflow_id: str) -
     """Stop accepting submissions for a workflow; runtimes in flight go on."""
     workflow = get_workflow(session, tenant_id=tenant_id, workflow_id=workflow_id, for_update=True)
     workflow.is_active = False
+    _forget_admission(tenant_id, workflow_id)
     return workflow
+
+
+@dataclass(frozen=True)
+class AdmissionTarget:
+    """What a submission needs to know about its workflow."""
+
+    workflow_id: str
+    company_id: str | None
+    document_type: str
+    is_active: bool
+    version_id: str
+
+
+def admission_target(session: Session, *, tenant_id: str, workflow_id: str) -> AdmissionTarget:
+    """Return the workflow a submission starts on, at its current version (cached briefly).
+
+    Every submit needs this; one joined query, remembered for ADMISSION_CACHE_SECONDS. A
+    new version or a deactivation made in another process reaches this one within that
+    time (in this process, at once).
+    """
+    key = (tenant_id, workflow_id)
+    with _cache_lock:
+        cached = _admissions.get(key)
+    if cached is not None:
+        return cached
+    row = session.execute(
+        select(
+            Workflow.id, Workflow.company_id, Workflow.document_type, Workflow.is_active, WorkflowVersion.id
+        )
+        .join(
+            WorkflowVersion,
+            (WorkflowVersion.workflow_id == Workflow.id)
+            & (WorkflowVersion.version == Workflow.current_version),
+        )
+        .where(Workflow.id == workflow_id, Workflow.tenant_id == tenant_id)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"workflow {workflow_id} not found")
+    target = AdmissionTarget(*row)
+    with _cache_lock:
+        _admissions[key] = target
+    return target
+
+
+def _forget_admission(tenant_id: str, workflow_id: str) -> None:
+    with _cache_lock:
+        _admissions.pop((tenant_id, workflow_id), None)
 
 
 def get_workflow(session: Session, *, tenant_id: str, workflow_id: str, for_update: bool = False) -> Workflow:
