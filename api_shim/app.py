@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from api_shim import errors
+from api_shim import auth, errors
 from api_shim.limits import BodyLimit
-from api_shim.routes import health, metrics, runtimes, tasks, webhooks, workflows
+from api_shim.routes import health, metrics, prometheus, runtimes, tasks, webhooks, workflows
+from bflow_tasks.observability import http as observability
+from bflow_tasks.observability import logs
 
 API_PREFIX = "/api/v1"
 
 
 def create_app() -> FastAPI:
     """Build the shim: the routes under /api/v1, JSON errors, a request body limit."""
+    logs.configure_shim()
     app = FastAPI(
+        dependencies=[Depends(observability.bind_path_ids)],
         title="Bflow",
         summary="Approval workflows for ERP documents, carried by Celery",
         version="0.1.0",
@@ -23,8 +27,14 @@ def create_app() -> FastAPI:
     )
     for module in (workflows, metrics, runtimes, tasks, webhooks, health):
         app.include_router(module.router, prefix=API_PREFIX)
+    # Prometheus looks at /metrics by default; /api/v1/metrics is the DESIGN §5 address.
+    app.include_router(prometheus.router)
+    app.include_router(prometheus.router, prefix=API_PREFIX)
+    # The tenant a request authenticates as joins its log context (and its Celery messages).
+    app.dependency_overrides[auth.current_tenant] = observability.binding_tenant(auth.current_tenant)
     errors.install(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(observability.RequestContext)  # outermost: a 413 carries X-Request-ID too
     return app
 
 

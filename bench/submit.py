@@ -202,8 +202,10 @@ def start_shim(port: int, workers: int) -> subprocess.Popen[bytes]:
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
+        # /health/ready: database and broker only (/health also wants workers; none run here).
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=2) as response:
+            ready = f"http://127.0.0.1:{port}/api/v1/health/ready"
+            with urllib.request.urlopen(ready, timeout=2) as response:
                 if response.status == 200:
                     return shim
         except OSError:

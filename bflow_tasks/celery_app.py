@@ -3,7 +3,7 @@
 from celery import Celery
 from celery.signals import worker_process_init
 
-from bflow_tasks import db
+from bflow_tasks import db, observability  # noqa: F401  (connects the log, context and metric hooks)
 
 app = Celery("bflow")
 app.config_from_object("celeryconfig")

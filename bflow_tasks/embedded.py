@@ -22,6 +22,27 @@ log = logging.getLogger(__name__)
 
 QUEUES = ["workflow", "webhooks", "maintenance"]
 
+# The workers running in this process, for /health on the in-process broker.
+_running: dict[threading.Thread, WorkController] = {}
+
+
+def has_workers() -> bool:
+    """Tell whether this process started an in-process worker (alive or not)."""
+    return bool(_running)
+
+
+def running_queues() -> dict[str, list[str]]:
+    """Map each queue consumed by a live in-process worker to those workers' names."""
+    consumed: dict[str, list[str]] = {}
+    for thread, worker in list(_running.items()):
+        consumer = getattr(worker, "consumer", None)
+        task_consumer = getattr(consumer, "task_consumer", None)
+        if not thread.is_alive() or task_consumer is None:
+            continue
+        for queue in task_consumer.queues:
+            consumed.setdefault(queue.name, []).append(str(worker.hostname))
+    return consumed
+
 
 class _Worker(WorkController):
     """A WorkController that says when its consumer is ready to take messages."""
@@ -52,6 +73,7 @@ def worker_and_beat(*, with_beat: bool = True, loglevel: str = "WARNING") -> Ite
     worker_thread.start()
     if not worker.ready.wait(timeout=30):
         raise RuntimeError("the embedded Celery worker did not start within 30 s")
+    _running[worker_thread] = worker
     beat_service = None
     if with_beat:
         # An in-memory schedule: nothing to write next to the database file.
@@ -60,6 +82,7 @@ def worker_and_beat(*, with_beat: bool = True, loglevel: str = "WARNING") -> Ite
     try:
         yield
     finally:
+        _running.pop(worker_thread, None)
         if beat_service is not None:
             beat_service.stop()
         worker_state.should_terminate = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +52,18 @@ class Settings(BaseSettings):
     publish_timeout_seconds: float = 5.0
     max_body_bytes: int = 256 * 1024
     sql_echo: bool = False
+
+    # Operations. `json` log lines carry the correlation id and tenant/runtime/task ids;
+    # `text` (the default) reads better at a terminal (`bflow dev`, `bflow demo`).
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+    # /health answers from a cache this fresh, so a probe storm costs one control broadcast.
+    health_cache_seconds: float = Field(default=5.0, ge=0)
+    # How long /health waits for workers to answer the `active_queues` broadcast (it always
+    # waits this long: it cannot know how many workers there are).
+    health_worker_timeout_seconds: float = Field(default=0.5, gt=0)
+    # /metrics reads its database gauges at most this often.
+    metrics_cache_seconds: float = Field(default=5.0, ge=0)
 
     @field_validator("sweep_grace", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bflow_tasks import db, migrations
 from bflow_tasks.models import Base
+from bflow_tasks.settings import settings
 from tests import services
 
 _migrated: dict[str, Engine] = {}
@@ -77,3 +78,14 @@ def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose work the test commits itself (the engine never commits)."""
     with session_factory() as session:
         yield session
+
+
+@pytest.fixture
+def api_engine(database_url: str, engine: Engine) -> Iterator[Engine]:
+    """Point the process's sessionmaker (shim, in-process worker) at the clean test database."""
+    previous = settings.database_url
+    settings.database_url = database_url
+    db.reset_engine()
+    yield engine
+    db.reset_engine()
+    settings.database_url = previous

@@ -9,6 +9,9 @@ from sqlalchemy.orm import Session
 from bflow_tasks.engine import clock, webhooks
 from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeEvent, RuntimeLog, RuntimeStage, new_id
 
+# What a transaction emitted, in `session.info`: the metrics count it once it commits.
+EMITTED = "bflow.journal.emitted"
+
 
 def log(
     session: Session,
@@ -84,3 +87,9 @@ def emit(
     )
     session.add(event)
     webhooks.fan_out(session, event)
+    seconds = None
+    if event_type == "stage.completed" and stage is not None and stage.completed_at and stage.created_at:
+        seconds = (stage.completed_at - stage.created_at).total_seconds()
+    session.info.setdefault(EMITTED, []).append(
+        {"type": event_type, "workflow_id": runtime.workflow_id, "node": data.get("node"), "seconds": seconds}
+    )

@@ -13,7 +13,6 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_shim.app import create_app
-from bflow_tasks import db
 from bflow_tasks.celery_app import app as celery_app
 from bflow_tasks.settings import settings
 from tests.api import helpers
@@ -38,17 +37,6 @@ def empty_queues() -> Iterator[None]:
     helpers.purge_queues()
     yield
     helpers.purge_queues()
-
-
-@pytest.fixture
-def api_engine(database_url: str, engine: Engine) -> Iterator[Engine]:
-    """Point the shim's and the worker's sessionmaker at the (clean, migrated) test database."""
-    previous = settings.database_url
-    settings.database_url = database_url
-    db.reset_engine()
-    yield engine
-    db.reset_engine()
-    settings.database_url = previous
 
 
 @pytest.fixture

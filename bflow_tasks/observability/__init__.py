@@ -1,0 +1,9 @@
+"""Operations: structured logs with a correlation id, its propagation through Celery, metrics.
+
+Importing the package connects its Celery signal handlers and SQLAlchemy listeners; the
+Celery app imports it, so every worker, Beat and the shim have them.
+"""
+
+from bflow_tasks.observability import context, logs, metrics, propagation
+
+__all__ = ["context", "logs", "metrics", "propagation"]
