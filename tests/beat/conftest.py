@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from bflow_tasks.engine import clock
-from tests.api.conftest import api_engine, client, other_tenant, tenant  # noqa: F401  (shared fixtures)
+from tests.api.conftest import client, other_tenant, tenant  # noqa: F401  (shared fixtures)
 from tests.engine.driver import Driver
 
 T0 = datetime(2030, 1, 7, 9, 0)
