@@ -19,7 +19,7 @@ from bflow_tasks.engine import clock, escalation, journal, stages
 from bflow_tasks.engine.approvers import ApproversUnresolved
 from bflow_tasks.engine.errors import Conflict, Forbidden, InvalidInput, NotFound
 from bflow_tasks.engine.workflows import admission_target, load_definition
-from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeCommand, RuntimeStage, new_id
+from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeCommand, RuntimeStage, RuntimeViewer, new_id
 
 ACTIONS = ("approve", "reject", "return", "delegate")
 
@@ -225,7 +225,8 @@ def start(session: Session, *, command_id: str) -> list[str]:
     if command is None or runtime is None or runtime.status != "pending":
         return _unopened(session, runtime)
     journal.emit(session, runtime, "runtime.created", actor=runtime.submitted_by, status="pending")
-    stages.add_viewer(session, runtime, runtime.submitted_by)
+    # The first transition of this runtime: nobody can be a viewer yet.
+    session.add(RuntimeViewer(runtime_id=runtime.id, user=runtime.submitted_by))
     runtime.status = "in_progress"
     journal.log(session, runtime, "runtime.started", actor=runtime.submitted_by)
     return _pass_create_node(session, runtime)
@@ -236,8 +237,12 @@ def apply_action(session: Session, *, command_id: str) -> list[str]:
     command, runtime = _claim(session, command_id)
     if command is None or runtime is None:
         return _unopened(session, runtime)
-    assignee = session.get_one(RuntimeAssignee, command.assignee_id, populate_existing=True)
-    stage = session.get_one(RuntimeStage, assignee.runtime_stage_id, populate_existing=True)
+    assignee, stage = session.execute(
+        select(RuntimeAssignee, RuntimeStage)
+        .join(RuntimeStage, RuntimeStage.id == RuntimeAssignee.runtime_stage_id)
+        .where(RuntimeAssignee.id == command.assignee_id)
+        .execution_options(populate_existing=True)
+    ).one()
     payload = command.payload
     action, actor = payload["action"], command.actor or assignee.user
     if (
@@ -355,11 +360,18 @@ def _claim(session: Session, command_id: str) -> tuple[RuntimeCommand | None, Ru
     A command that does not exist was withdrawn after the broker refused it (or its runtime
     was archived): its late message changes nothing.
     """
-    runtime_id = session.scalar(select(RuntimeCommand.runtime_id).where(RuntimeCommand.id == command_id))
-    if runtime_id is None:
+    # One statement locks the command and its runtime (FOR UPDATE covers both joined rows;
+    # SQLite's BEGIN IMMEDIATE already serialises the whole transaction).
+    row = session.execute(
+        select(RuntimeCommand, Runtime)
+        .join(Runtime, Runtime.id == RuntimeCommand.runtime_id)
+        .where(RuntimeCommand.id == command_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if row is None:
         return None, None
-    runtime = lock(session, runtime_id)
-    command = session.get_one(RuntimeCommand, command_id, populate_existing=True)
+    command, runtime = row
     if command.status != "requested":
         return None, runtime
     command.status, command.applied_at = "applied", clock.now()
