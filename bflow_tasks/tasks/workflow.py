@@ -51,6 +51,8 @@ def cancel(command_id: str, runtime_id: str) -> list[str]:
 @app.task(name="workflow.open_stages", **RETRY)
 def open_stages(stage_ids: list[str]) -> None:
     """Fan out one assign task per approver, then mark the stages started (a chord)."""
+    if not stage_ids:  # most actions open nothing: no transaction for them
+        return
     with session_scope() as session:
         plan = runtimes.opening_plan(session, stage_ids=stage_ids)
     if not plan:
