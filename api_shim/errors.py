@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bflow_tasks.engine import errors as engine_errors
@@ -89,6 +89,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(IntegrityError, _integrity_error)
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(InterfaceError, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)
 
 
@@ -139,6 +141,19 @@ async def _integrity_error(_request: Request, exc: Exception) -> JSONResponse:
     # did not see (two identical requests at once) lands here. Nothing was written.
     log.info("integrity error answered as 409: %s", exc)
     return error_response(409, "conflict", "the request conflicts with one accepted concurrently")
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # The database did not answer (down, restarting, connection lost): the request's
+    # transaction did not commit, so nothing was accepted; the client should retry.
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        503,
+        "database_unavailable",
+        "the database is unavailable; nothing was accepted, retry later",
+        None,
+        {"Retry-After": "5"},
+    )
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 
 from api_shim import reads
 from api_shim.app import create_app
+from bflow_tasks import db
 from bflow_tasks.settings import settings
 from tests.api.helpers import API, Tenant, assert_no_runtime_rows, post_workflow
 
@@ -113,3 +114,29 @@ def test_health_is_503_naming_the_broker_when_it_is_down(client: TestClient) -> 
     assert body["checks"]["database"]["status"] == "ok"
     assert body["checks"]["broker"]["status"] == "error"
     assert body["error"]["details"] == {"failing": ["broker"]}
+
+
+def test_a_database_that_does_not_answer_gives_503_and_accepts_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A real connection refused (nothing listens on port 1), not a mock.
+    monkeypatch.setattr(settings, "database_url", "mysql+pymysql://root@127.0.0.1:1/bflow?charset=utf8mb4")
+    db.reset_engine()
+    try:
+        with TestClient(create_app()) as client:
+            response = client.post(
+                f"{API}/runtime/execute",
+                json={
+                    "workflow_id": "w",
+                    "document_type": "t",
+                    "document_id": "d",
+                    "data": {},
+                    "submitted_by": "u",
+                },
+                headers={"Authorization": "Bearer bflow_not_cached"},
+            )
+    finally:
+        db.reset_engine()
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "database_unavailable"
+    assert response.headers["Retry-After"] == "5"
