@@ -496,7 +496,7 @@ def test_a_stage_completed_before_its_opening_finished_still_reports_its_start(d
     assert types.count("stage.started") == 1
 
 
-def test_the_sweep_resends_lost_work_once_per_grace_period(d, session_factory):
+def test_the_sweep_resends_lost_work_with_a_doubling_wait(d, session_factory):
     from datetime import datetime, timedelta
 
     from bflow_tasks.engine import clock, sweep
@@ -508,7 +508,9 @@ def test_the_sweep_resends_lost_work_once_per_grace_period(d, session_factory):
     grace = timedelta(seconds=30)
     start = datetime.now(UTC).replace(tzinfo=None)
     try:
-        for offset, expected in ((0, 0), (31, 1), (40, 0), (62, 1)):
+        # Re-sent after the grace (31 s), then after waiting as long again (just past 62 s),
+        # then just past 126 s: the rows were created a few ms before `start`.
+        for offset, expected in ((0, 0), (31, 1), (40, 0), (61, 0), (63, 1), (100, 0), (127, 1)):
             clock.set_clock(lambda offset=offset: start + timedelta(seconds=offset))
             with session_factory.begin() as s:
                 found = (
