@@ -475,24 +475,7 @@ def diagnose(stack: Stack, document_ids: list[str], limit: int = 5) -> list[str]
         runtimes = stack.rows(select(Runtime.id, Runtime.status).where(Runtime.document_id == document_id))
         lines.append(f"  document {document_id}: runtimes {[tuple(r) for r in runtimes]}")
         for runtime_id, _ in runtimes:
-            for row in stack.rows(
-                select(RuntimeStage.node_key, RuntimeStage.status, RuntimeStage.started_at).where(
-                    RuntimeStage.runtime_id == runtime_id
-                )
-            ):
-                lines.append(f"    stage {tuple(row)}")
-            for row in stack.rows(
-                select(RuntimeCommand.kind, RuntimeCommand.status, RuntimeCommand.created_at).where(
-                    RuntimeCommand.runtime_id == runtime_id
-                )
-            ):
-                lines.append(f"    command {tuple(row)}")
-            for row in stack.rows(
-                select(RuntimeAssignee.node_key, RuntimeAssignee.user, RuntimeAssignee.status).where(
-                    RuntimeAssignee.runtime_id == runtime_id
-                )
-            ):
-                lines.append(f"    task {tuple(row)}")
+            lines += stack.describe_runtime(runtime_id, indent="    ")
     return lines
 
 

@@ -317,6 +317,21 @@ class Stack:
         with self.engine.connect() as conn:
             return list(conn.execute(query).all())
 
+    def describe_runtime(self, runtime_id: str, indent: str = "  ") -> list[str]:
+        """What the database holds for one runtime: its stages, commands and tasks (for failures)."""
+        queries = {
+            "stage": select(
+                RuntimeStage.node_key, RuntimeStage.status, RuntimeStage.created_at, RuntimeStage.started_at
+            ).where(RuntimeStage.runtime_id == runtime_id),
+            "command": select(RuntimeCommand.kind, RuntimeCommand.status, RuntimeCommand.created_at).where(
+                RuntimeCommand.runtime_id == runtime_id
+            ),
+            "task": select(RuntimeAssignee.node_key, RuntimeAssignee.user, RuntimeAssignee.status).where(
+                RuntimeAssignee.runtime_id == runtime_id
+            ),
+        }
+        return [f"{indent}{kind} {tuple(row)}" for kind, query in queries.items() for row in self.rows(query)]
+
     def counts(self) -> dict[str, int]:
         """Rows in the tables a request writes when it is admitted."""
         return {

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeCommand, RuntimeEvent, RuntimeStage
+from bflow_tasks.models import Runtime, RuntimeCommand, RuntimeEvent, RuntimeStage
 from tests.e2e.stack import Stack, launch, start_worker, unique, wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(240)]
@@ -221,23 +221,6 @@ def diagnose(stack: Stack) -> str:
     stuck = stack.rows(select(Runtime.id, Runtime.status).where(Runtime.status != "completed"))
     for runtime_id, status in stuck[:10]:
         lines.append(f"runtime {runtime_id} {status}")
-        for row in stack.rows(
-            select(
-                RuntimeStage.node_key, RuntimeStage.status, RuntimeStage.created_at, RuntimeStage.started_at
-            ).where(RuntimeStage.runtime_id == runtime_id)
-        ):
-            lines.append(f"  stage {tuple(row)}")
-        for row in stack.rows(
-            select(RuntimeCommand.kind, RuntimeCommand.status, RuntimeCommand.created_at).where(
-                RuntimeCommand.runtime_id == runtime_id
-            )
-        ):
-            lines.append(f"  command {tuple(row)}")
-        for row in stack.rows(
-            select(RuntimeAssignee.node_key, RuntimeAssignee.user, RuntimeAssignee.status).where(
-                RuntimeAssignee.runtime_id == runtime_id
-            )
-        ):
-            lines.append(f"  task {tuple(row)}")
+        lines += stack.describe_runtime(runtime_id)
     lines.append(f"{len(stuck)} runtime(s) not completed")
     return "\n".join(lines)
