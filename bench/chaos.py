@@ -73,9 +73,8 @@ from tests.e2e.stack import (  # noqa: E402
     Stack,
     StackError,
     clean_env,
-    compose_command,
     free_port,
-    wait_healthy,
+    start_served,
     wait_until,
 )
 
@@ -246,17 +245,7 @@ def start_stack(
     stack = Stack("redis", workdir, env, broker_url=f"{redis_server.url}/0")
     cleanup.callback(stack.stop)  # runs before the services stop (ExitStack is LIFO)
     try:
-        stack.bflow("db", "upgrade")
-        stack.add("worker", compose_command("worker"))
-        stack.add("worker-maintenance", compose_command("worker-maintenance"))
-        schedule = str(workdir / "celerybeat-schedule")
-        stack.add("beat", compose_command("beat", **{"/var/lib/bflow/celerybeat-schedule": schedule}))
-        port = free_port()
-        stack.base_url = f"http://127.0.0.1:{port}"
-        stack.add("shim", compose_command("shim", **{"0.0.0.0": "127.0.0.1", "8000": str(port)}))
-        wait_healthy(stack)
-        stack.procs["worker"].wait_for_output(" ready.")
-        stack.procs["worker-maintenance"].wait_for_output(" ready.")
+        start_served(stack)
     except StackError as exc:
         raise StackError(f"{exc}\n{stack.logs()}") from None
     return stack, Services(redis_server, mariadb)

@@ -417,7 +417,7 @@ def launch(kind: str, workdir: Path, extra_env: dict[str, str] | None = None) ->
             if kind == "embedded":
                 _start_embedded(stack)
             else:
-                _start_served(stack)
+                start_served(stack)
         except StackError as exc:
             raise StackError(f"{exc}\n{stack.logs()}") from None
         yield stack
@@ -477,7 +477,8 @@ def compose_command(service: str, **replace: str) -> list[str]:
     return [sys.executable, *program[argv[0]], *argv[1:]]
 
 
-def _start_served(stack: Stack) -> None:
+def start_served(stack: Stack) -> None:
+    """Migrate, then start the worker, maintenance worker, Beat and shim as docker-compose does."""
     stack.bflow("db", "upgrade")
     start_worker(stack)
     stack.add("worker-maintenance", compose_command("worker-maintenance"))
@@ -588,6 +589,7 @@ __all__ = [
     "StackError",
     "Tenant",
     "launch",
+    "start_served",
     "start_worker",
     "unique",
     "wait_until",
