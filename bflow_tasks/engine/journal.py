@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -23,8 +24,9 @@ def log(
     assignee: RuntimeAssignee | None = None,
     message: str | None = None,
     details: dict[str, Any] | None = None,
+    at: datetime | None = None,
 ) -> None:
-    """Append one line to the runtime's audit trail."""
+    """Append one line to the runtime's audit trail (at `at`, or now)."""
     runtime.log_sequence = (runtime.log_sequence or 0) + 1
     session.add(
         RuntimeLog(
@@ -36,7 +38,7 @@ def log(
             action=action,
             message=message,
             details=details,
-            created_at=clock.now(),
+            created_at=at or clock.now(),
         )
     )
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bflow_tasks.engine import clock, escalation, journal, stages
 from bflow_tasks.engine.approvers import ApproversUnresolved
 from bflow_tasks.engine.errors import Conflict, Forbidden, InvalidInput, NotFound
-from bflow_tasks.engine.workflows import admission_target, load_definition
+from bflow_tasks.engine.workflows import AdmissionTarget, admission_target, load_definition
 from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeCommand, RuntimeStage, RuntimeViewer, new_id
 
 ACTIONS = ("approve", "reject", "return", "delegate")
@@ -64,53 +64,61 @@ def submit(
     """Admit a document: a pending runtime and its start command, or the earlier one for a replayed key.
 
     Returns the command to publish, or None when the Idempotency-Key names a runtime that
-    was already accepted (nothing new to enqueue).
+    was already accepted (nothing new to enqueue). The rows are written with Core INSERTs,
+    so the returned objects are not in the session.
     """
+    target = admission_target(session, tenant_id=tenant_id, workflow_id=workflow_id)
+    refusal = _refusal(target, workflow_id, document_type)
+    if refusal is None:
+        now = clock.now()
+        runtime = Runtime(
+            id=new_id(),
+            tenant_id=tenant_id,
+            company_id=target.company_id,
+            workflow_id=target.workflow_id,
+            workflow_version_id=target.version_id,
+            document_type=document_type,
+            document_id=document_id,
+            data=data,
+            status="pending",
+            submitted_by=submitted_by,
+            idempotency_key=idempotency_key,
+            created_at=now,
+        )
+        command = RuntimeCommand(
+            id=new_id(),
+            runtime_id=runtime.id,
+            kind="start",
+            dedupe_key=f"start:{runtime.id}",
+            actor=submitted_by,
+            payload={},
+            status="requested",
+            created_at=now,
+        )
+        # Two INSERTs and no read: a repeated Idempotency-Key or a document already in
+        # flight is caught by the unique constraints. No event and no log line yet: the
+        # worker writes both when it starts the runtime, so a submission withdrawn after a
+        # broker refusal (503) left no trace.
+        try:
+            _insert(session, runtime)
+        except IntegrityError:
+            # MariaDB and SQLite undo only the failed statement; the transaction goes on.
+            pass
+        else:
+            _insert(session, command)
+            return runtime, command
     request = {"workflow_id": workflow_id, "document_type": document_type, "document_id": document_id}
     earlier = _earlier_submission(session, tenant_id, idempotency_key, document_type, document_id)
     if earlier is not None and idempotency_key is not None and earlier.idempotency_key == idempotency_key:
-        return _replayed(earlier, request), None
+        return _replayed(earlier, request), None  # a retry gets its first answer, whatever changed since
     if earlier is not None:
         raise Conflict(
             f"document {document_type}/{document_id} is already in flight", details={"runtime_id": earlier.id}
         )
-    target = admission_target(session, tenant_id=tenant_id, workflow_id=workflow_id)
-    if not target.is_active:
-        raise Conflict(f"workflow {workflow_id} is deactivated")
-    if target.document_type != document_type:
-        raise InvalidInput(
-            f"document_type '{document_type}' does not match the workflow's '{target.document_type}'",
-            details=[{"path": "$.document_type", "message": "does not match the workflow"}],
-        )
-    runtime = Runtime(
-        tenant_id=tenant_id,
-        company_id=target.company_id,
-        workflow_id=target.workflow_id,
-        workflow_version_id=target.version_id,
-        document_type=document_type,
-        document_id=document_id,
-        data=data,
-        submitted_by=submitted_by,
-        idempotency_key=idempotency_key,
-        created_at=clock.now(),
-    )
-    runtime.id = new_id()  # known before the flush, so the rows below go out in one
-    command = RuntimeCommand(
-        runtime_id=runtime.id,
-        kind="start",
-        dedupe_key=f"start:{runtime.id}",
-        actor=submitted_by,
-        payload={},
-        created_at=runtime.created_at,
-    )
-    session.add_all([runtime, command])
-    # No event yet: `runtime.created` goes out when the worker starts the runtime, so a
-    # submission withdrawn after a broker refusal (503) never told anyone it existed.
-    journal.log(session, runtime, "runtime.submitted", actor=submitted_by)
-    # A concurrent submit of the same key or document that won the race makes this flush
-    # fail on a unique constraint: the caller answers 409, as for a request in flight.
-    session.flush()  # the caller publishes the command by its id
-    return runtime, command
+    if refusal is not None:
+        raise refusal
+    # The runtime we collided with ended (or was withdrawn) before we could read it.
+    raise Conflict(f"document {document_type}/{document_id} was submitted concurrently; retry")
 
 
 def request_action(
@@ -375,6 +383,10 @@ def _claim(session: Session, command_id: str) -> tuple[RuntimeCommand | None, Ru
     if command.status != "requested":
         return None, runtime
     command.status, command.applied_at = "applied", clock.now()
+    if runtime.log_sequence == 0:
+        # The shim writes only the runtime and its command; the audit trail's first line,
+        # the submission at its own time, is written by the first command applied.
+        journal.log(session, runtime, "runtime.submitted", actor=runtime.submitted_by, at=runtime.created_at)
     return command, runtime
 
 
@@ -442,6 +454,23 @@ def _check_zones(session: Session, runtime: Runtime, node_key: str, data: dict[s
                 {"path": f"$.data.{field}", "message": "outside this stage's zones"} for field in outside
             ],
         )
+
+
+def _insert(session: Session, row: Runtime | RuntimeCommand) -> None:
+    columns = {c.key: getattr(row, c.key) for c in row.__mapper__.column_attrs}
+    session.execute(insert(type(row)).values({k: v for k, v in columns.items() if v is not None}))
+
+
+def _refusal(target: AdmissionTarget, workflow_id: str, document_type: str) -> Conflict | InvalidInput | None:
+    """Why this workflow cannot take the document now, or None."""
+    if not target.is_active:
+        return Conflict(f"workflow {workflow_id} is deactivated")
+    if target.document_type != document_type:
+        return InvalidInput(
+            f"document_type '{document_type}' does not match the workflow's '{target.document_type}'",
+            details=[{"path": "$.document_type", "message": "does not match the workflow"}],
+        )
+    return None
 
 
 def _earlier_submission(
