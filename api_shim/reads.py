@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
 from api_shim import schemas
@@ -13,6 +13,7 @@ from bflow_tasks.engine import archive as archive_engine
 from bflow_tasks.engine import workflows as workflow_engine
 from bflow_tasks.engine.errors import NotFound
 from bflow_tasks.models import (
+    Base,
     Runtime,
     RuntimeAssignee,
     RuntimeLog,
@@ -155,5 +156,10 @@ def _archived_runtime_detail(session: Session, *, tenant_id: str, runtime_id: st
 
 
 def _columns(row: Any, model: type[Any]) -> dict[str, Any]:
-    """The row's attributes that the response model has a field for."""
-    return {name: getattr(row, name) for name in model.model_fields if hasattr(row, name)}
+    """The row's columns that the response model has a field for (never a lazy relationship)."""
+    relationships = inspect(row).mapper.relationships.keys() if isinstance(row, Base) else []
+    return {
+        name: getattr(row, name)
+        for name in model.model_fields
+        if name not in relationships and hasattr(row, name)  # hasattr would load a relationship
+    }

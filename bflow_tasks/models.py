@@ -27,7 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.dialects import mysql
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -218,6 +218,11 @@ class Runtime(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     ended_at: Mapped[datetime | None]
 
+    # A transition loads these once (one SELECT each) and decides on them in memory; the
+    # engine adds new rows through them, so they stay current until the transaction ends.
+    stages: Mapped[list[RuntimeStage]] = relationship(order_by="RuntimeStage.sequence", passive_deletes=True)
+    viewers: Mapped[list[RuntimeViewer]] = relationship(passive_deletes=True)
+
 
 class RuntimeStage(Base):
     __tablename__ = "runtime_stage"
@@ -254,6 +259,10 @@ class RuntimeStage(Base):
     completed_at: Mapped[datetime | None]
     # When the sweep last re-sent this stage's opening: it waits a full grace period again.
     swept_at: Mapped[datetime | None]
+
+    assignees: Mapped[list[RuntimeAssignee]] = relationship(
+        order_by="(RuntimeAssignee.created_at, RuntimeAssignee.id)", passive_deletes=True
+    )
 
 
 class RuntimeAssignee(Base):

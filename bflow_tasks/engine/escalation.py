@@ -43,12 +43,7 @@ def release_stand_ins(
     """Cancel the open tasks that stand in the same place as a task just approved."""
     if approved.action_taken != "approve":
         return []  # a reject or return closes the whole stage anyway
-    tasks = {
-        task.id: task
-        for task in session.scalars(
-            select(RuntimeAssignee).where(RuntimeAssignee.runtime_stage_id == stage.id)
-        )
-    }
+    tasks = {task.id: task for task in stage.assignees}
     if not any(task.assign_type == "escalation" for task in tasks.values()):
         return []
     place = _place(tasks, approved)

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from bflow_tasks.engine import clock, escalation, journal, stages
 from bflow_tasks.engine.approvers import ApproversUnresolved
@@ -245,12 +245,12 @@ def apply_action(session: Session, *, command_id: str) -> list[str]:
     command, runtime = _claim(session, command_id)
     if command is None or runtime is None:
         return _unopened(session, runtime)
-    assignee, stage = session.execute(
-        select(RuntimeAssignee, RuntimeStage)
-        .join(RuntimeStage, RuntimeStage.id == RuntimeAssignee.runtime_stage_id)
-        .where(RuntimeAssignee.id == command.assignee_id)
-        .execution_options(populate_existing=True)
-    ).one()
+    stage, assignee = next(
+        (stage, task)
+        for stage in runtime.stages
+        for task in stage.assignees
+        if task.id == command.assignee_id
+    )
     payload = command.payload
     action, actor = payload["action"], command.actor or assignee.user
     if (
@@ -299,7 +299,7 @@ def apply_action(session: Session, *, command_id: str) -> list[str]:
     journal.emit(
         session, runtime, "task.completed", stage=stage, assignee=assignee, actor=actor, status=action
     )
-    outcome = stages.outcome_reached(session, stage, action=action)
+    outcome = stages.outcome_reached(stage, action=action)
     if outcome is None:
         return []
     stages.complete_stage(session, runtime, stage, outcome=outcome)
@@ -339,11 +339,9 @@ def opening_plan(session: Session, *, stage_ids: list[str]) -> list[tuple[str, s
 
 def assign(session: Session, *, stage_id: str, user: str) -> str | None:
     """Create one approver's task on a stage being opened (a chord header); return its id."""
-    stage = session.get(RuntimeStage, stage_id)
-    if stage is None:
+    stage, runtime = _lock_stage(session, stage_id)
+    if stage is None or runtime is None:
         return None
-    runtime = lock(session, stage.runtime_id)
-    session.refresh(stage)
     assignee = stages.add_assignee(session, runtime, stage, user=user)
     return assignee.id if assignee else None
 
@@ -351,12 +349,9 @@ def assign(session: Session, *, stage_id: str, user: str) -> str | None:
 def mark_started(session: Session, *, stage_ids: list[str]) -> None:
     """Record that the given stages' opening chord finished (the chord body)."""
     for stage_id in stage_ids:
-        stage = session.get(RuntimeStage, stage_id)
-        if stage is None:
-            continue
-        runtime = lock(session, stage.runtime_id)
-        session.refresh(stage)
-        stages.mark_started(session, runtime, stage)
+        stage, runtime = _lock_stage(session, stage_id)
+        if stage is not None and runtime is not None:
+            stages.mark_started(session, runtime, stage)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -369,12 +364,14 @@ def _claim(session: Session, command_id: str) -> tuple[RuntimeCommand | None, Ru
     was archived): its late message changes nothing.
     """
     # One statement locks the command and its runtime (FOR UPDATE covers both joined rows;
-    # SQLite's BEGIN IMMEDIATE already serialises the whole transaction).
+    # SQLite's BEGIN IMMEDIATE already serialises the whole transaction); a second loads the
+    # runtime's stages with their tasks, which the transition then decides on in memory.
     row = session.execute(
         select(RuntimeCommand, Runtime)
         .join(Runtime, Runtime.id == RuntimeCommand.runtime_id)
         .where(RuntimeCommand.id == command_id)
         .with_for_update()
+        .options(selectinload(Runtime.stages).joinedload(RuntimeStage.assignees))
         .execution_options(populate_existing=True)
     ).one_or_none()
     if row is None:
@@ -388,6 +385,19 @@ def _claim(session: Session, command_id: str) -> tuple[RuntimeCommand | None, Ru
         # the submission at its own time, is written by the first command applied.
         journal.log(session, runtime, "runtime.submitted", actor=runtime.submitted_by, at=runtime.created_at)
     return command, runtime
+
+
+def _lock_stage(session: Session, stage_id: str) -> tuple[RuntimeStage | None, Runtime | None]:
+    """Lock a stage's runtime (and the stage) in one statement; load the stage's tasks."""
+    row = session.execute(
+        select(RuntimeStage, Runtime)
+        .join(Runtime, Runtime.id == RuntimeStage.runtime_id)
+        .where(RuntimeStage.id == stage_id)
+        .with_for_update()
+        .options(selectinload(RuntimeStage.assignees))
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    return (row[0], row[1]) if row is not None else (None, None)
 
 
 def _unopened(session: Session, runtime: Runtime | None) -> list[str]:
@@ -407,8 +417,7 @@ def _route_or_fail(
 ) -> list[str]:
     """Route on; if the document cannot go on, end the runtime in `error` and say why."""
     try:
-        with session.begin_nested():
-            return stages.route(session, runtime, stage, outcome=outcome, actor=actor)
+        return stages.route(session, runtime, stage, outcome=outcome, actor=actor)
     except (stages.RuntimeFailed, ApproversUnresolved) as exc:
         stages.finish(session, runtime, "error", actor=actor, reason=str(exc))
         return []

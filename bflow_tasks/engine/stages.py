@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bflow_tasks.engine import approvers, clock, conditions, journal
 from bflow_tasks.engine.definitions import WorkflowDefinition
 from bflow_tasks.engine.graph import reachable_from
 from bflow_tasks.engine.workflows import load_definition, node_ids
-from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeStage, RuntimeViewer
+from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeStage, RuntimeViewer, new_id
 
 FINAL_STATUSES = ("completed", "rejected", "cancelled", "error")
 
@@ -27,17 +26,7 @@ class RuntimeFailed(Exception):
 
 def open_stages(session: Session, runtime: Runtime) -> list[RuntimeStage]:
     """Return the runtime's stages that are open but whose opening chord has not finished."""
-    return list(
-        session.scalars(
-            select(RuntimeStage)
-            .where(
-                RuntimeStage.runtime_id == runtime.id,
-                RuntimeStage.status == "open",
-                RuntimeStage.started_at.is_(None),
-            )
-            .order_by(RuntimeStage.sequence)
-        )
-    )
+    return [stage for stage in runtime.stages if stage.status == "open" and stage.started_at is None]
 
 
 def route(
@@ -59,22 +48,26 @@ def route(
             send_back(session, runtime, actor=actor)
             return []
         raise RuntimeFailed(f"no association out of '{stage.node_key}' matches outcome '{outcome}'")
-    opened: list[str] = []
+    # Decide every branch before writing any: a branch whose approvers cannot be resolved
+    # fails the runtime with nothing half-opened (and without a savepoint).
+    planned: list[tuple[str, list[dict[str, str]]]] = []
     for key in dict.fromkeys(targets):  # an AND-split: every matching branch at once
-        new_stage = _open_node(session, runtime, definition, key, arriving=stage)
-        if new_stage is not None and new_stage.status == "open":
-            opened.append(new_stage.id)
+        node = definition.node(key)
+        joining = len(definition.incoming(key)) > 1
+        if joining and not _join_passes(runtime, definition, key, stage, opening=[k for k, _ in planned]):
+            continue
+        planned.append(
+            (key, approvers.resolve(session, runtime=runtime, node=node) if node.needs_people else [])
+        )
+    opened = [_open_node(session, runtime, definition, key, people) for key, people in planned]
     _complete_if_done(session, runtime)
-    return opened
+    return [new_stage.id for new_stage in opened if new_stage.status == "open"]
 
 
 def _open_node(
-    session: Session, runtime: Runtime, definition: WorkflowDefinition, key: str, *, arriving: RuntimeStage
-) -> RuntimeStage | None:
+    session: Session, runtime: Runtime, definition: WorkflowDefinition, key: str, people: list[dict[str, str]]
+) -> RuntimeStage:
     node = definition.node(key)
-    if len(definition.incoming(key)) > 1 and not _join_passes(session, runtime, definition, key, arriving):
-        return None
-    people = approvers.resolve(session, runtime=runtime, node=node) if node.needs_people else []
     stage = _new_stage(session, runtime, key=key, action=node.action, approvers=people)
     if node.approvers:
         stage.mode, stage.quorum = node.approvers.mode, node.approvers.quorum
@@ -85,25 +78,23 @@ def _open_node(
             stage.created_at,
             stage.created_at,
         )
-    session.add(stage)
-    session.flush()
     journal.log(session, runtime, "stage.opened" if stage.status == "open" else "stage.reached", stage=stage)
     return stage
 
 
 def pass_create_node(session: Session, runtime: Runtime) -> RuntimeStage:
     """Record the submitter's pass through the create node (a stage completed on arrival)."""
-    key = load_definition(session, runtime.workflow_version_id).create_node.key
+    definition = load_definition(session, runtime.workflow_version_id)
+    key = definition.create_node.key
     submitter = runtime.submitted_by
     stage = _new_stage(
         session, runtime, key=key, action="create", approvers=[{"user": submitter, "type": "submitter"}]
     )
     stage.status, stage.outcome = "completed", "complete"
     stage.started_at = stage.completed_at = stage.created_at
-    session.add(stage)
-    session.flush()
-    session.add(
+    stage.assignees.append(
         RuntimeAssignee(
+            id=new_id(),
             runtime_id=runtime.id,
             runtime_stage_id=stage.id,
             tenant_id=runtime.tenant_id,
@@ -123,72 +114,56 @@ def pass_create_node(session: Session, runtime: Runtime) -> RuntimeStage:
 def _new_stage(
     session: Session, runtime: Runtime, *, key: str, action: str, approvers: list[dict[str, str]]
 ) -> RuntimeStage:
-    """Build the next visit of a node; the runtime's lock makes visit and sequence unique."""
-    last_visit = session.scalar(
-        select(func.max(RuntimeStage.visit)).where(
-            RuntimeStage.runtime_id == runtime.id, RuntimeStage.node_key == key
-        )
-    )
+    """Add the next visit of a node; the runtime's lock makes visit and sequence unique."""
+    last_visit = max((stage.visit for stage in runtime.stages if stage.node_key == key), default=0)
     runtime.stage_sequence += 1
-    return RuntimeStage(
+    stage = RuntimeStage(
+        id=new_id(),
         runtime_id=runtime.id,
         node_id=node_ids(session, runtime.workflow_version_id)[key],
         node_key=key,
         action=action,
         round=runtime.round,
-        visit=(last_visit or 0) + 1,
+        visit=last_visit + 1,
         sequence=runtime.stage_sequence,
         approvers=approvers,
         status="open",
+        mode="all",
         created_at=clock.now(),
     )
+    runtime.stages.append(stage)
+    return stage
 
 
 def _join_passes(
-    session: Session, runtime: Runtime, definition: WorkflowDefinition, key: str, arriving: RuntimeStage
+    runtime: Runtime, definition: WorkflowDefinition, key: str, arriving: RuntimeStage, *, opening: list[str]
 ) -> bool:
     """Decide whether a branch arriving at a join opens it now.
 
     A join already opened after the arriving branch began has absorbed this wave. `any`
-    opens on the first arrival; `all` waits while another open branch can still reach it,
-    so branches whose conditions were false never block it.
+    opens on the first arrival; `all` waits while another open branch (or one this route
+    is opening) can still reach it, so branches whose conditions were false never block it.
     """
-    later_join = session.scalar(
-        select(func.count())
-        .select_from(RuntimeStage)
-        .where(
-            RuntimeStage.runtime_id == runtime.id,
-            RuntimeStage.node_key == key,
-            RuntimeStage.sequence > arriving.sequence,
-        )
-    )
-    if later_join:
+    if any(s.node_key == key and s.sequence > arriving.sequence for s in runtime.stages):
         return False
     if definition.node(key).join == "any":
         return True
-    still_open = session.scalars(
-        select(RuntimeStage.node_key).where(
-            RuntimeStage.runtime_id == runtime.id,
-            RuntimeStage.status == "open",
-            RuntimeStage.round == runtime.round,
-            RuntimeStage.id != arriving.id,
-        )
-    ).all()
-    return not any(key in reachable_from(definition, other) for other in still_open)
+    still_open = [
+        s.node_key
+        for s in runtime.stages
+        if s.status == "open" and s.round == runtime.round and s is not arriving
+    ]
+    return not any(key in reachable_from(definition, other) for other in [*still_open, *opening])
 
 
 def _complete_if_done(session: Session, runtime: Runtime) -> None:
     """Complete the runtime once an end was reached and no branch is still open."""
     if runtime.status != "in_progress":
         return
-    rows = session.execute(
-        select(RuntimeStage.action, RuntimeStage.status).where(
-            RuntimeStage.runtime_id == runtime.id, RuntimeStage.round == runtime.round
-        )
-    ).all()
-    if any(status == "open" for _, status in rows):
+    this_round = [stage for stage in runtime.stages if stage.round == runtime.round]
+    if any(stage.status == "open" for stage in this_round):
         return
-    if any(action == "end" for action, _ in rows):
+    if any(stage.action == "end" for stage in this_round):
         finish(session, runtime, "completed")
 
 
@@ -196,11 +171,7 @@ def add_assignee(
     session: Session, runtime: Runtime, stage: RuntimeStage, *, user: str
 ) -> RuntimeAssignee | None:
     """Create one approver's task on an open stage (idempotent: an existing task is returned)."""
-    existing = session.scalars(
-        select(RuntimeAssignee).where(
-            RuntimeAssignee.runtime_stage_id == stage.id, RuntimeAssignee.user == user
-        )
-    ).one_or_none()
+    existing = next((task for task in stage.assignees if task.user == user), None)
     if existing is not None or stage.status != "open":
         return existing
     planned = next((p for p in stage.approvers if p["user"] == user), None)
@@ -223,6 +194,7 @@ def _assign(
     reminder_hours = definition.node(stage.node_key).reminder_hours
     now = clock.now()
     assignee = RuntimeAssignee(
+        id=new_id(),
         runtime_id=runtime.id,
         runtime_stage_id=stage.id,
         tenant_id=runtime.tenant_id,
@@ -234,11 +206,11 @@ def _assign(
         if delegated_from
         else (now + timedelta(hours=sla_hours) if sla_hours else None),
         next_reminder_at=now + timedelta(hours=reminder_hours) if reminder_hours else None,
+        status="pending",
         created_at=now,
     )
-    session.add(assignee)
-    add_viewer(session, runtime, user)
-    session.flush()
+    stage.assignees.append(assignee)
+    add_viewer(runtime, user)
     journal.log(session, runtime, "task.assigned", stage=stage, assignee=assignee, actor=user)
     journal.emit(session, runtime, "task.assigned", stage=stage, assignee=assignee)
     return assignee
@@ -256,15 +228,12 @@ def delegate(
     return _assign(session, runtime, stage, user=to_user, assign_type="delegated", delegated_from=assignee)
 
 
-def add_viewer(session: Session, runtime: Runtime, user: str) -> None:
+def add_viewer(runtime: Runtime, user: str) -> None:
     """Let a user see the runtime (submitter and every assignee)."""
-    known = session.scalar(
-        select(func.count())
-        .select_from(RuntimeViewer)
-        .where(RuntimeViewer.runtime_id == runtime.id, RuntimeViewer.user == user)
-    )
-    if not known:
-        session.add(RuntimeViewer(runtime_id=runtime.id, user=user))
+    if all(viewer.user != user for viewer in runtime.viewers):
+        runtime.viewers.append(
+            RuntimeViewer(id=new_id(), runtime_id=runtime.id, user=user, created_at=clock.now())
+        )
 
 
 def mark_started(session: Session, runtime: Runtime, stage: RuntimeStage) -> bool:
@@ -275,9 +244,7 @@ def mark_started(session: Session, runtime: Runtime, stage: RuntimeStage) -> boo
     """
     if stage.status != "open" or stage.started_at is not None:
         return False
-    assigned = set(
-        session.scalars(select(RuntimeAssignee.user).where(RuntimeAssignee.runtime_stage_id == stage.id))
-    )
+    assigned = {task.user for task in stage.assignees}
     if not {planned["user"] for planned in stage.approvers} <= assigned:
         return False
     stage.started_at = clock.now()
@@ -286,21 +253,12 @@ def mark_started(session: Session, runtime: Runtime, stage: RuntimeStage) -> boo
     return True
 
 
-def outcome_reached(session: Session, stage: RuntimeStage, *, action: str) -> str | None:
+def outcome_reached(stage: RuntimeStage, *, action: str) -> str | None:
     """Return the stage's outcome once its mode is satisfied, or None while it waits."""
     if action in ("reject", "return"):
         return action
-    approvals = (
-        session.scalar(
-            select(func.count())
-            .select_from(RuntimeAssignee)
-            .where(
-                RuntimeAssignee.runtime_stage_id == stage.id,
-                RuntimeAssignee.status == "completed",
-                RuntimeAssignee.action_taken == "approve",
-            )
-        )
-        or 0
+    approvals = sum(
+        1 for task in stage.assignees if task.status == "completed" and task.action_taken == "approve"
     )
     needed = {"all": len(stage.approvers), "any": 1, "quorum": stage.quorum or 1}[stage.mode]
     if approvals < needed:
@@ -318,14 +276,14 @@ def complete_stage(session: Session, runtime: Runtime, stage: RuntimeStage, *, o
         journal.log(session, runtime, "stage.started", stage=stage)
         journal.emit(session, runtime, "stage.started", stage=stage, status="open")
     stage.status, stage.outcome, stage.completed_at = "completed", outcome, now
-    _cancel_pending(session, stage_ids=[stage.id])
+    _cancel_pending([stage])
     journal.log(session, runtime, "stage.completed", stage=stage, details={"outcome": outcome})
     journal.emit(session, runtime, "stage.completed", stage=stage, status=outcome)
 
 
 def send_back(session: Session, runtime: Runtime, *, actor: str | None) -> None:
     """Return the runtime to its submitter for revision; a resubmit continues it."""
-    _cancel_open(session, runtime)
+    _cancel_open(runtime)
     runtime.status = "returned"
     journal.log(session, runtime, "runtime.returned", actor=actor)
     journal.emit(session, runtime, "runtime.returned", actor=actor, status="returned")
@@ -335,7 +293,7 @@ def finish(
     session: Session, runtime: Runtime, status: str, *, actor: str | None = None, reason: str | None = None
 ) -> None:
     """End the runtime in a final status; whatever is still open is cancelled."""
-    _cancel_open(session, runtime)
+    _cancel_open(runtime)
     runtime.status = status
     runtime.ended_at = clock.now()
     runtime.in_flight = None  # frees the document for a new submission
@@ -345,23 +303,15 @@ def finish(
     journal.emit(session, runtime, f"runtime.{status}", actor=actor, status=status)
 
 
-def _cancel_open(session: Session, runtime: Runtime) -> None:
-    stages = session.scalars(
-        select(RuntimeStage).where(RuntimeStage.runtime_id == runtime.id, RuntimeStage.status == "open")
-    ).all()
-    for stage in stages:
+def _cancel_open(runtime: Runtime) -> None:
+    still_open = [stage for stage in runtime.stages if stage.status == "open"]
+    for stage in still_open:
         stage.status, stage.completed_at = "cancelled", clock.now()
-    _cancel_pending(session, stage_ids=[s.id for s in stages])
+    _cancel_pending(still_open)
 
 
-def _cancel_pending(session: Session, *, stage_ids: list[str]) -> None:
-    if not stage_ids:
-        return
-    pending = session.scalars(
-        select(RuntimeAssignee).where(
-            RuntimeAssignee.runtime_stage_id.in_(stage_ids),
-            RuntimeAssignee.status.in_(("pending", "overdue")),
-        )
-    ).all()
-    for assignee in pending:
-        assignee.status = "cancelled"
+def _cancel_pending(stages: list[RuntimeStage]) -> None:
+    for stage in stages:
+        for task in stage.assignees:
+            if task.status in ("pending", "overdue"):
+                task.status = "cancelled"
