@@ -343,6 +343,10 @@ def assign(session: Session, *, stage_id: str, user: str) -> str | None:
     if stage is None or runtime is None:
         return None
     assignee = stages.add_assignee(session, runtime, stage, user=user)
+    # The last approver's task starts the stage: a chord body queued behind a long backlog
+    # (or lost with a killed worker) then holds nothing up, and the sweep stops re-sending
+    # an opening that is done. The chord body confirms it (a no-op) or finishes it.
+    stages.mark_started(session, runtime, stage)
     return assignee.id if assignee else None
 
 

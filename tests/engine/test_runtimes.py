@@ -469,6 +469,43 @@ def test_a_stage_is_not_started_while_a_task_is_missing(d, session_factory):
     assert d.tasks(rid) == {"alice": "completed", "a": "pending", "b": "pending"}
 
 
+def test_the_last_header_task_starts_the_stage_and_a_late_chord_body_adds_nothing(d, session_factory):
+    workflow_id = d.workflow(single_stage([{"users": ["a", "b"]}], "all"))
+    with session_factory.begin() as s:
+        runtime, command = runtimes.submit(
+            s,
+            tenant_id=d.tenant_id,
+            workflow_id=workflow_id,
+            document_type="leave_request",
+            document_id="late-body",
+            data={},
+            submitted_by="alice",
+        )
+        rid, start_id = runtime.id, command.id
+    with session_factory.begin() as s:
+        (stage_id,) = runtimes.start(s, command_id=start_id)
+
+    def started() -> tuple[object, list[str]]:
+        with session_factory() as s:
+            by_sequence = select(RuntimeEvent.type).order_by(RuntimeEvent.sequence)
+            events = s.scalars(by_sequence.where(RuntimeEvent.runtime_id == rid)).all()
+            return s.get_one(RuntimeStage, stage_id).started_at, list(events)
+
+    with session_factory.begin() as s:
+        runtimes.assign(s, stage_id=stage_id, user="a")
+    assert started()[0] is None  # b has no task yet
+    with session_factory.begin() as s:
+        runtimes.assign(s, stage_id=stage_id, user="b")
+    started_at, events = started()
+    assert started_at is not None
+    assert events == ["runtime.created", "task.assigned", "task.assigned", "stage.started"]
+    with session_factory.begin() as s:
+        runtimes.mark_started(s, stage_ids=[stage_id])  # the chord body, behind a backlog
+    assert started() == (started_at, events)
+    with session_factory() as s:
+        assert runtimes.opening_plan(s, stage_ids=[stage_id]) == []  # the sweep has nothing to re-send
+
+
 def test_a_stage_completed_before_its_opening_finished_still_reports_its_start(d, session_factory):
     workflow_id = d.workflow(single_stage([{"users": ["a", "b"]}], "any"))
     with session_factory.begin() as s:
