@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from bflow_tasks.engine import clock, escalation, journal, stages
 from bflow_tasks.engine.approvers import ApproversUnresolved
@@ -392,16 +392,32 @@ def _claim(session: Session, command_id: str) -> tuple[RuntimeCommand | None, Ru
 
 
 def _lock_stage(session: Session, stage_id: str) -> tuple[RuntimeStage | None, Runtime | None]:
-    """Lock a stage's runtime (and the stage) in one statement; load the stage's tasks."""
-    row = session.execute(
-        select(RuntimeStage, Runtime)
-        .join(Runtime, Runtime.id == RuntimeStage.runtime_id)
-        .where(RuntimeStage.id == stage_id)
+    """Lock a stage's runtime, then load the stage with its tasks.
+
+    Only the runtime row is locked (a locking read does not lock a subquery's rows), so
+    every transition takes its locks in the same order: the runtime first.
+    """
+    runtime = session.scalars(
+        select(Runtime)
+        .where(
+            Runtime.id == select(RuntimeStage.runtime_id).where(RuntimeStage.id == stage_id).scalar_subquery()
+        )
         .with_for_update()
-        .options(selectinload(RuntimeStage.assignees))
         .execution_options(populate_existing=True)
     ).one_or_none()
-    return (row[0], row[1]) if row is not None else (None, None)
+    if runtime is None:
+        return None, None
+    stage = (
+        session.scalars(
+            select(RuntimeStage)
+            .where(RuntimeStage.id == stage_id)
+            .options(joinedload(RuntimeStage.assignees))
+            .execution_options(populate_existing=True)
+        )
+        .unique()
+        .one()
+    )
+    return stage, runtime
 
 
 def _unopened(session: Session, runtime: Runtime | None) -> list[str]:
