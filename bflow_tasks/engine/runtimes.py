@@ -352,7 +352,13 @@ def assign(session: Session, *, stage_id: str, user: str) -> str | None:
 
 def mark_started(session: Session, *, stage_ids: list[str]) -> None:
     """Record that the given stages' opening chord finished (the chord body)."""
-    for stage_id in stage_ids:
+    # Usually the last header task has started them all: one read, no lock, nothing to write.
+    still_opening = session.scalars(
+        select(RuntimeStage.id).where(
+            RuntimeStage.id.in_(stage_ids), RuntimeStage.status == "open", RuntimeStage.started_at.is_(None)
+        )
+    ).all()
+    for stage_id in sorted(still_opening):
         stage, runtime = _lock_stage(session, stage_id)
         if stage is not None and runtime is not None:
             stages.mark_started(session, runtime, stage)
