@@ -33,6 +33,8 @@ def make_engine(url: str) -> Engine:
         isolation_level="READ COMMITTED",
         pool_pre_ping=True,
         pool_recycle=3600,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
     )
 
 

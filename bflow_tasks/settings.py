@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     publish_timeout_seconds: float = 5.0
     max_body_bytes: int = 256 * 1024
     sql_echo: bool = False
+    # Connections each process keeps open to MySQL. The shim serves up to 40 requests at once
+    # (Starlette's thread pool); a pool smaller than its concurrency opens and closes a
+    # connection (TCP, handshake, TLS setup) for most requests under load.
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int = Field(default=20, ge=0)
 
     # Operations. `json` log lines carry the correlation id and tenant/runtime/task ids;
     # `text` (the default) reads better at a terminal (`bflow dev`, `bflow demo`).
