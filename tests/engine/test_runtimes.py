@@ -469,21 +469,27 @@ def test_a_stage_is_not_started_while_a_task_is_missing(d, session_factory):
     assert d.tasks(rid) == {"alice": "completed", "a": "pending", "b": "pending"}
 
 
-def test_the_last_header_task_starts_the_stage_and_a_late_chord_body_adds_nothing(d, session_factory):
-    workflow_id = d.workflow(single_stage([{"users": ["a", "b"]}], "all"))
+def started_but_unopened(d, session_factory, workflow_id: str, document_id: str) -> tuple[str, str]:
+    """Submit and start a runtime without running its opening chord; return it and its stage."""
     with session_factory.begin() as s:
         runtime, command = runtimes.submit(
             s,
             tenant_id=d.tenant_id,
             workflow_id=workflow_id,
             document_type="leave_request",
-            document_id="late-body",
+            document_id=document_id,
             data={},
             submitted_by="alice",
         )
         rid, start_id = runtime.id, command.id
     with session_factory.begin() as s:
         (stage_id,) = runtimes.start(s, command_id=start_id)
+    return rid, stage_id
+
+
+def test_the_last_header_task_starts_the_stage_and_a_late_chord_body_adds_nothing(d, session_factory):
+    workflow_id = d.workflow(single_stage([{"users": ["a", "b"]}], "all"))
+    rid, stage_id = started_but_unopened(d, session_factory, workflow_id, "late-body")
 
     def started() -> tuple[object, list[str]]:
         with session_factory() as s:
@@ -508,19 +514,7 @@ def test_the_last_header_task_starts_the_stage_and_a_late_chord_body_adds_nothin
 
 def test_a_stage_completed_before_its_opening_finished_still_reports_its_start(d, session_factory):
     workflow_id = d.workflow(single_stage([{"users": ["a", "b"]}], "any"))
-    with session_factory.begin() as s:
-        runtime, command = runtimes.submit(
-            s,
-            tenant_id=d.tenant_id,
-            workflow_id=workflow_id,
-            document_type="leave_request",
-            document_id="early",
-            data={},
-            submitted_by="alice",
-        )
-        rid, start_id = runtime.id, command.id
-    with session_factory.begin() as s:
-        (stage_id,) = runtimes.start(s, command_id=start_id)
+    rid, stage_id = started_but_unopened(d, session_factory, workflow_id, "early")
     with session_factory.begin() as s:
         runtimes.assign(s, stage_id=stage_id, user="a")  # b's header task was lost with its worker
     d.act(rid, "a")
