@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from api_shim.errors import ApiError
 from bflow_tasks import dispatch
-from bflow_tasks.engine import runtimes
+from bflow_tasks.engine import admission
 from bflow_tasks.models import RuntimeCommand
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def commit_and_publish(session: Session, command: RuntimeCommand | None) -> None
 
 def _withdraw(session: Session, command: RuntimeCommand) -> None:
     try:
-        runtimes.withdraw(session, command_id=command.id)
+        admission.withdraw(session, command_id=command.id)
         session.commit()
     except Exception:
         # The command stays `requested`: the sweep will publish it once the broker is back,

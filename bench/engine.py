@@ -13,7 +13,7 @@ maintenance worker) and each run, this script:
 
 1. Bflow: starts a fresh worker, warms it up with a few runtimes (not measured), then
    submits every runtime at once and approves every task as it appears. Approvals are
-   driven in-process exactly as the shim does it: `runtimes.submit` / `runtimes.request_action`
+   driven in-process exactly as the shim does it: `admission.submit` / `admission.request_action`
    in a session scope, commit, then `dispatch.publish_command` (no HTTP). The driver polls
    MariaDB for pending tasks of stages whose opening chord finished (`started_at` set).
 2. Baseline: starts `celery -A bench.canvas_tasks worker` with the same command line and
@@ -421,10 +421,10 @@ def drive_bflow(n: int, tag: str, tally: Tally, proc: Any, timeout: float) -> di
 def submit(tenant_id: str, workflow_id: str, document_id: str, amount: int) -> None:
     """Admit a submission and publish its start, as POST /runtime/execute does."""
     from bflow_tasks import db, dispatch
-    from bflow_tasks.engine import runtimes
+    from bflow_tasks.engine import admission
 
     with db.session_scope() as session:
-        _, command = runtimes.submit(
+        _, command = admission.submit(
             session,
             tenant_id=tenant_id,
             workflow_id=workflow_id,
@@ -440,10 +440,10 @@ def submit(tenant_id: str, workflow_id: str, document_id: str, amount: int) -> N
 def approve(tenant_id: str, task_id: str, user: str) -> None:
     """Admit an approval and publish it, as POST /tasks/{id}/action does."""
     from bflow_tasks import db, dispatch
-    from bflow_tasks.engine import runtimes
+    from bflow_tasks.engine import admission
 
     with db.session_scope() as session:
-        command = runtimes.request_action(
+        command = admission.request_action(
             session, tenant_id=tenant_id, task_id=task_id, action="approve", actor=user
         )
     dispatch.publish_command(command)

@@ -10,7 +10,7 @@ from api_shim import reads, schemas
 from api_shim.admission import commit_and_publish
 from api_shim.auth import TenantDep
 from api_shim.deps import SessionDep
-from bflow_tasks.engine import runtimes as runtime_engine
+from bflow_tasks.engine import admission
 
 router = APIRouter(tags=["runtimes"])
 
@@ -33,7 +33,7 @@ def execute(
     idempotency_key: IdempotencyKey = None,
 ) -> schemas.RuntimeAccepted:
     """Submit a document to a workflow; 202 once its start is durably queued."""
-    runtime, command = runtime_engine.submit(
+    runtime, command = admission.submit(
         session,
         tenant_id=tenant_id,
         workflow_id=body.workflow_id,
@@ -59,7 +59,7 @@ def resubmit(
     runtime_id: str, body: schemas.RuntimeResubmit, session: SessionDep, tenant_id: TenantDep
 ) -> schemas.CommandAccepted:
     """Continue a returned runtime, optionally with revised data."""
-    command = runtime_engine.request_resubmit(
+    command = admission.request_resubmit(
         session, tenant_id=tenant_id, runtime_id=runtime_id, actor=body.actor, data=body.data
     )
     commit_and_publish(session, command)
@@ -75,6 +75,6 @@ def cancel(
 ) -> schemas.CommandAccepted:
     """Cancel a runtime that has not ended (the body and its `actor` are optional)."""
     actor = body.actor if body is not None else None
-    command = runtime_engine.request_cancel(session, tenant_id=tenant_id, runtime_id=runtime_id, actor=actor)
+    command = admission.request_cancel(session, tenant_id=tenant_id, runtime_id=runtime_id, actor=actor)
     commit_and_publish(session, command)
     return schemas.CommandAccepted(runtime_id=runtime_id, action="cancel")

@@ -11,7 +11,7 @@ from api_shim.admission import commit_and_publish
 from api_shim.auth import TenantDep
 from api_shim.deps import SessionDep
 from api_shim.pagination import PageDep
-from bflow_tasks.engine import runtimes as runtime_engine
+from bflow_tasks.engine import admission
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
@@ -55,7 +55,7 @@ def act(
     task_id: str, body: schemas.TaskActionCreate, session: SessionDep, tenant_id: TenantDep
 ) -> schemas.TaskActionAccepted:
     """Record a person's action on their task; 202 once it is durably queued."""
-    command = runtime_engine.request_action(
+    command = admission.request_action(
         session,
         tenant_id=tenant_id,
         task_id=task_id,

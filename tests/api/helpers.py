@@ -11,7 +11,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bflow_tasks.celery_app import app as celery_app
-from bflow_tasks.engine import runtimes, tenants, workflows
+from bflow_tasks.engine import admission, runtimes, tenants, workflows
 from bflow_tasks.models import (
     Runtime,
     RuntimeAssignee,
@@ -105,7 +105,7 @@ def open_runtime(
         workflow, _ = workflows.create_workflow(
             session, tenant_id=tenant.id, raw=definition or zoned_definition()
         )
-        runtime, command = runtimes.submit(
+        runtime, command = admission.submit(
             session,
             tenant_id=tenant.id,
             workflow_id=workflow.id,

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bflow_tasks.engine import runtimes, sla
+from bflow_tasks.engine import admission, sla
 from bflow_tasks.engine.errors import Conflict
 from bflow_tasks.models import RuntimeAssignee, RuntimeEvent, RuntimeLog
 from tests.beat.conftest import T0, FakeClock
@@ -174,7 +174,7 @@ def test_one_approval_per_approver_place_when_both_original_and_stand_in_could_a
     assert task(session_factory, rid, "boss").status == "cancelled"
     assert d.stages(rid)[-1] == ("review", "open", None)
     with pytest.raises(Conflict), session_factory() as s:
-        runtimes.request_action(s, tenant_id=d.tenant_id, task_id=boss.id, action="approve", actor="boss")
+        admission.request_action(s, tenant_id=d.tenant_id, task_id=boss.id, action="approve", actor="boss")
     d.act(rid, other)
     assert d.status(rid) == "completed"
 

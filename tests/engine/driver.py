@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bflow_tasks.engine import runtimes, tenants, workflows
+from bflow_tasks.engine import admission, runtimes, tenants, workflows
 from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeStage
 
 APPLY = {
@@ -46,7 +46,7 @@ class Driver:
         document_type: str = "leave_request",
     ) -> str:
         with self.sf.begin() as s:
-            runtime, command = runtimes.submit(
+            runtime, command = admission.submit(
                 s,
                 tenant_id=self.tenant_id,
                 workflow_id=workflow_id,
@@ -89,7 +89,7 @@ class Driver:
 
     def request(self, runtime_id: str, user: str, action: str, **extra: Any) -> str:
         with self.sf.begin() as s:
-            command = runtimes.request_action(
+            command = admission.request_action(
                 s,
                 tenant_id=self.tenant_id,
                 task_id=self.task_of(runtime_id, user),
@@ -104,7 +104,7 @@ class Driver:
 
     def resubmit(self, runtime_id: str, by: str = "alice", data: dict[str, Any] | None = None) -> None:
         with self.sf.begin() as s:
-            command = runtimes.request_resubmit(
+            command = admission.request_resubmit(
                 s, tenant_id=self.tenant_id, runtime_id=runtime_id, actor=by, data=data
             )
             command_id = command.id
@@ -112,7 +112,7 @@ class Driver:
 
     def cancel(self, runtime_id: str) -> None:
         with self.sf.begin() as s:
-            command_id = runtimes.request_cancel(
+            command_id = admission.request_cancel(
                 s, tenant_id=self.tenant_id, runtime_id=runtime_id, actor="alice"
             ).id
         self.apply(command_id, "cancel")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, func, select, update
 
-from bflow_tasks.engine import runtimes, workflows
+from bflow_tasks.engine import admission, runtimes, workflows
 from bflow_tasks.engine.errors import Conflict, Forbidden, InvalidInput
 from bflow_tasks.models import RuntimeAssignee, RuntimeCommand, RuntimeEvent, RuntimeLog, RuntimeStage
 from tests.engine.driver import Driver
@@ -238,10 +238,10 @@ def test_return_then_resubmit_continues_the_same_runtime(d):
 def test_resubmit_is_refused_unless_returned_and_by_the_submitter(d, session_factory):
     rid = d.submit(d.workflow(leave_request_definition()), {"amount": 5})
     with session_factory() as s, pytest.raises(Conflict):
-        runtimes.request_resubmit(s, tenant_id=d.tenant_id, runtime_id=rid, actor="alice", data=None)
+        admission.request_resubmit(s, tenant_id=d.tenant_id, runtime_id=rid, actor="alice", data=None)
     d.act(rid, "u1", "return")
     with session_factory() as s, pytest.raises(Forbidden):
-        runtimes.request_resubmit(s, tenant_id=d.tenant_id, runtime_id=rid, actor="mallory", data=None)
+        admission.request_resubmit(s, tenant_id=d.tenant_id, runtime_id=rid, actor="mallory", data=None)
 
 
 def test_delegate_hands_the_task_over(d):
@@ -260,9 +260,9 @@ def test_delegate_needs_a_new_user(d, session_factory):
     task = d.task_of(rid, "a")
     with session_factory() as s:
         with pytest.raises(InvalidInput):
-            runtimes.request_action(s, tenant_id=d.tenant_id, task_id=task, action="delegate", actor="a")
+            admission.request_action(s, tenant_id=d.tenant_id, task_id=task, action="delegate", actor="a")
         with pytest.raises(Conflict):
-            runtimes.request_action(
+            admission.request_action(
                 s, tenant_id=d.tenant_id, task_id=task, action="delegate", actor="a", delegate_to="b"
             )
 
@@ -281,7 +281,7 @@ def test_zones_limit_what_an_action_may_edit(d, session_factory):
     rid = d.submit(d.workflow(flow), {"amount": 3, "approved_days": 0})
     task = d.task_of(rid, "a")
     with session_factory() as s, pytest.raises(Forbidden) as refused:
-        runtimes.request_action(
+        admission.request_action(
             s, tenant_id=d.tenant_id, task_id=task, action="approve", actor="a", data={"amount": 9}
         )
     assert refused.value.details == [{"path": "$.data.amount", "message": "outside this stage's zones"}]
@@ -293,17 +293,17 @@ def test_wrong_actor_and_double_action_are_refused(d, session_factory):
     rid = d.submit(d.workflow(single_stage([{"users": ["a", "b"]}], "all")), {})
     task = d.task_of(rid, "a")
     with session_factory() as s, pytest.raises(Forbidden):
-        runtimes.request_action(s, tenant_id=d.tenant_id, task_id=task, action="approve", actor="b")
+        admission.request_action(s, tenant_id=d.tenant_id, task_id=task, action="approve", actor="b")
     d.request(rid, "a", "approve")  # admitted, not yet applied
     with session_factory() as s, pytest.raises(Conflict):
-        runtimes.request_action(s, tenant_id=d.tenant_id, task_id=task, action="reject", actor="a")
+        admission.request_action(s, tenant_id=d.tenant_id, task_id=task, action="reject", actor="a")
 
 
 def test_another_tenant_cannot_see_the_task(d, session_factory):
     rid = d.submit(d.workflow(single_stage([{"users": ["a"]}])), {})
     other, task = Driver(session_factory), d.task_of(rid, "a")
     with session_factory() as s, pytest.raises(runtimes.NotFound):
-        runtimes.request_action(s, tenant_id=other.tenant_id, task_id=task, action="approve", actor="a")
+        admission.request_action(s, tenant_id=other.tenant_id, task_id=task, action="approve", actor="a")
 
 
 # --- submit: idempotency and documents in flight ------------------------------------------------------
@@ -319,17 +319,17 @@ def test_idempotency_key_replays_and_in_flight_document_conflicts(d, session_fac
         "submitted_by": "alice",
     }
     with session_factory.begin() as s:
-        first, command = runtimes.submit(s, document_id="D9", idempotency_key="k1", **args)
+        first, command = admission.submit(s, document_id="D9", idempotency_key="k1", **args)
         first_id = first.id
         assert command is not None
     with session_factory.begin() as s:
-        again, command = runtimes.submit(s, document_id="D9", idempotency_key="k1", **args)
+        again, command = admission.submit(s, document_id="D9", idempotency_key="k1", **args)
         assert (again.id, command) == (first_id, None)
     with session_factory() as s, pytest.raises(Conflict) as in_flight:
-        runtimes.submit(s, document_id="D9", **args)
+        admission.submit(s, document_id="D9", **args)
     assert in_flight.value.details == {"runtime_id": first_id}
     with session_factory() as s, pytest.raises(Conflict):
-        runtimes.submit(s, document_id="D10", idempotency_key="k1", **args)
+        admission.submit(s, document_id="D10", idempotency_key="k1", **args)
     with session_factory() as s:
         assert s.scalar(select(func.count()).select_from(RuntimeCommand)) == 1
 
@@ -345,7 +345,7 @@ def test_a_finished_document_can_be_submitted_again(d):
 def test_submit_refuses_a_mismatched_document_type_and_writes_nothing(d, session_factory):
     wf = d.workflow(leave_request_definition())
     with session_factory() as s, pytest.raises(InvalidInput):
-        runtimes.submit(
+        admission.submit(
             s,
             tenant_id=d.tenant_id,
             workflow_id=wf,
@@ -472,7 +472,7 @@ def test_a_stage_is_not_started_while_a_task_is_missing(d, session_factory):
 def started_but_unopened(d, session_factory, workflow_id: str, document_id: str) -> tuple[str, str]:
     """Submit and start a runtime without running its opening chord; return it and its stage."""
     with session_factory.begin() as s:
-        runtime, command = runtimes.submit(
+        runtime, command = admission.submit(
             s,
             tenant_id=d.tenant_id,
             workflow_id=workflow_id,
@@ -558,6 +558,6 @@ def test_a_task_cannot_be_delegated_back_to_a_former_holder(d, session_factory):
     d.act(rid, "a", "delegate", delegate_to="deputy")
     task = d.task_of(rid, "deputy")
     with session_factory() as s, pytest.raises(Conflict):
-        runtimes.request_action(
+        admission.request_action(
             s, tenant_id=d.tenant_id, task_id=task, action="delegate", actor="deputy", delegate_to="a"
         )

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bflow_tasks.engine import clock, journal, runtimes
+from bflow_tasks.engine import admission, clock, journal, runtimes
 from bflow_tasks.engine import webhooks as outbox
 from bflow_tasks.models import Runtime, RuntimeEvent, WebhookDelivery, WebhookEndpoint
 from tests.api.helpers import queued_messages
@@ -126,7 +126,7 @@ def test_admission_emits_nothing_so_a_withdrawn_submission_was_never_announced(
     add_endpoint(session_factory, driver.tenant_id, URL)
     workflow_id = driver.workflow(leave_request_definition())
     with session_factory.begin() as session:
-        runtime, command = runtimes.submit(
+        runtime, command = admission.submit(
             session,
             tenant_id=driver.tenant_id,
             workflow_id=workflow_id,
@@ -140,7 +140,7 @@ def test_admission_emits_nothing_so_a_withdrawn_submission_was_never_announced(
     # runtime.created waits for the worker to start the runtime (see the next assertion).
     assert deliveries(engine) == []
     with session_factory.begin() as session:
-        runtimes.withdraw(session, command_id=command_id)
+        admission.withdraw(session, command_id=command_id)
     assert deliveries(engine) == []
     with Session(engine) as session:
         assert session.scalar(select(func.count()).select_from(Runtime)) == 0
