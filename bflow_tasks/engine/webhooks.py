@@ -107,12 +107,11 @@ def notify(
 ) -> int:
     """Send a tenant-level notification (no runtime, no sequence) to its subscribed endpoints."""
     now = clock.now()
-    rows = session.execute(
-        select(WebhookEndpoint.id, WebhookEndpoint.events).where(
-            WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.is_active.is_(True)
-        )
-    ).all()
-    targets = [eid for eid, events in rows if eid != exclude and subscribes(events, event_type)]
+    targets = [
+        eid
+        for eid, events in _tenant_endpoints(session, tenant_id)
+        if eid != exclude and subscribes(events, event_type)
+    ]
     body = render_body(event_type=event_type, timestamp=now, sequence=None, data=data)
     event_id = new_id()
     for endpoint_id in targets:
