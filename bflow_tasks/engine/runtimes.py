@@ -7,7 +7,7 @@ it opened so the caller can enqueue their opening after commit.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from bflow_tasks.engine import clock, escalation, journal, stages
@@ -134,11 +134,7 @@ def cancel(session: Session, *, command_id: str) -> list[str]:
 
 def opening_plan(session: Session, *, stage_ids: list[str]) -> list[tuple[str, str]]:
     """Return (stage id, user) for every approver of the given stages still being opened."""
-    rows = session.scalars(
-        select(RuntimeStage).where(
-            RuntimeStage.id.in_(stage_ids), RuntimeStage.status == "open", RuntimeStage.started_at.is_(None)
-        )
-    ).all()
+    rows = session.scalars(select(RuntimeStage).where(*_still_opening(stage_ids))).all()
     return [(stage.id, planned["user"]) for stage in rows for planned in stage.approvers]
 
 
@@ -158,11 +154,7 @@ def assign(session: Session, *, stage_id: str, user: str) -> str | None:
 def mark_started(session: Session, *, stage_ids: list[str]) -> None:
     """Record that the given stages' opening chord finished (the chord body)."""
     # Usually the last header task has started them all: one read, no lock, nothing to write.
-    still_opening = session.scalars(
-        select(RuntimeStage.id).where(
-            RuntimeStage.id.in_(stage_ids), RuntimeStage.status == "open", RuntimeStage.started_at.is_(None)
-        )
-    ).all()
+    still_opening = session.scalars(select(RuntimeStage.id).where(*_still_opening(stage_ids))).all()
     for stage_id in sorted(still_opening):
         stage, runtime = _lock_stage(session, stage_id)
         if stage is not None and runtime is not None:
@@ -200,6 +192,11 @@ def _claim(session: Session, command_id: str) -> tuple[RuntimeCommand | None, Ru
         # the submission at its own time, is written by the first command applied.
         journal.log(session, runtime, "runtime.submitted", actor=runtime.submitted_by, at=runtime.created_at)
     return command, runtime
+
+
+def _still_opening(stage_ids: list[str]) -> tuple[ColumnElement[bool], ...]:
+    """Which of these stages are open with their opening not finished (started_at unset)."""
+    return RuntimeStage.id.in_(stage_ids), RuntimeStage.status == "open", RuntimeStage.started_at.is_(None)
 
 
 def _lock_stage(session: Session, stage_id: str) -> tuple[RuntimeStage | None, Runtime | None]:
