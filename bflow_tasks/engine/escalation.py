@@ -11,7 +11,6 @@ Callers hold the runtime's row lock (`runtimes.lock`).
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bflow_tasks.engine import clock, journal, stages
@@ -24,12 +23,8 @@ def add_stand_in(
     session: Session, runtime: Runtime, stage: RuntimeStage, task: RuntimeAssignee, *, to_user: str
 ) -> RuntimeAssignee | None:
     """Give `to_user` a task standing in for the overdue `task`; None if they already have one."""
-    taken = session.scalar(
-        select(RuntimeAssignee.id).where(
-            RuntimeAssignee.runtime_stage_id == stage.id, RuntimeAssignee.user == to_user
-        )
-    )
-    if taken is not None or stage.status != "open" or runtime.status != "in_progress":
+    taken = any(other.user == to_user for other in stage.assignees)
+    if taken or stage.status != "open" or runtime.status != "in_progress":
         return None
     # A fresh SLA window (not the overdue task's past due time): the stand-in just got it.
     stand_in = stages._assign(session, runtime, stage, user=to_user, assign_type="escalation")

@@ -8,21 +8,24 @@ once, finds nothing left to do the second time.
 
 Candidates are found through `idx_runtime_assignee_status_due` and
 `idx_runtime_assignee_status_reminder`, at most `batch` of each per run; whatever is left
-waits for the next run. Each runtime is handled in its own short transaction, in id order,
-so the scan never holds many locks and cannot deadlock with itself.
+waits for the next run. Runtimes are handled `RUNTIMES_PER_TRANSACTION` at a time, locked in
+id order by one statement, so the scan holds few locks at once, cannot deadlock with itself,
+and pays one commit per group rather than per runtime. A group that fails is retried one
+runtime per transaction, so that one broken runtime never holds back the others.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
-from bflow_tasks.engine import clock, escalation, journal, runtimes
+from bflow_tasks.engine import clock, escalation, journal
 from bflow_tasks.engine.jobs import SessionScope
 from bflow_tasks.engine.workflows import load_definition
 from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeStage
@@ -30,6 +33,10 @@ from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeStage
 log = logging.getLogger(__name__)
 
 OPEN_TASK = ("pending", "overdue")
+# Enough to pay one commit for many runtimes' events, few enough to keep row locks short.
+RUNTIMES_PER_TRANSACTION = 50
+# Per runtime: the ids of its tasks found overdue, and of those with a reminder due.
+Work = Mapping[str, tuple[list[str], list[str]]]
 
 
 def overdue_query(now: datetime, limit: int) -> Select[str, str]:
@@ -65,11 +72,29 @@ def scan(scope: SessionScope, *, batch: int = 500) -> dict[str, Any]:
     for task_id, runtime_id in reminders:
         work[runtime_id][1].append(task_id)
     counts = {"overdue": 0, "escalated": 0, "reminded": 0, "errors": 0}
-    for runtime_id in sorted(work):
-        overdue_ids, reminder_ids = work[runtime_id]
+    ordered = sorted(work)
+    for start in range(0, len(ordered), RUNTIMES_PER_TRANSACTION):
+        group = {
+            runtime_id: work[runtime_id] for runtime_id in ordered[start : start + RUNTIMES_PER_TRANSACTION]
+        }
         try:
             with scope() as session:
-                done = _scan_runtime(session, runtime_id, overdue_ids, reminder_ids, now=now)
+                done = _scan_runtimes(session, group, now=now)
+        except Exception:
+            log.warning("SLA scan of %d runtimes failed; retrying them one by one", len(group), exc_info=True)
+            done = _scan_one_by_one(scope, group, now=now)
+        for key, value in done.items():
+            counts[key] += value
+    counts["more"] = int(len(overdue) == batch or len(reminders) == batch)
+    return counts
+
+
+def _scan_one_by_one(scope: SessionScope, work: Work, *, now: datetime) -> dict[str, int]:
+    counts = {"overdue": 0, "escalated": 0, "reminded": 0, "errors": 0}
+    for runtime_id, tasks in work.items():
+        try:
+            with scope() as session:
+                done = _scan_runtimes(session, {runtime_id: tasks}, now=now)
         except Exception:
             # One broken runtime must not stop the others' reminders; it is retried next run.
             log.exception("SLA scan failed for runtime %s", runtime_id)
@@ -77,43 +102,73 @@ def scan(scope: SessionScope, *, batch: int = 500) -> dict[str, Any]:
             continue
         for key, value in done.items():
             counts[key] += value
-    counts["more"] = int(len(overdue) == batch or len(reminders) == batch)
     return counts
 
 
-def _scan_runtime(
-    session: Session, runtime_id: str, overdue_ids: list[str], reminder_ids: list[str], *, now: datetime
-) -> dict[str, int]:
-    """Handle one runtime's due tasks under its lock, re-checking each against fresh rows."""
-    runtime = runtimes.lock(session, runtime_id)
+def _scan_runtimes(session: Session, work: Work, *, now: datetime) -> dict[str, int]:
+    """Handle these runtimes' due tasks under their locks, re-checking each against fresh rows."""
+    locked = _lock(session, list(work))
+    tasks = _tasks(session, [task_id for ids in work.values() for task_id in (*ids[0], *ids[1])])
     done = {"overdue": 0, "escalated": 0, "reminded": 0}
-    for task in _tasks(session, overdue_ids):
-        if task.status == "pending" and task.due_at is not None and task.due_at <= now:
-            done["overdue"] += 1
-            done["escalated"] += _mark_overdue(session, runtime, task, now=now)
-    for task in _tasks(session, reminder_ids):
-        if task.status in OPEN_TASK and task.next_reminder_at is not None and task.next_reminder_at <= now:
-            done["reminded"] += _remind(session, runtime, task, now=now)
+    for runtime_id, (overdue_ids, reminder_ids) in work.items():
+        runtime = locked.get(runtime_id)
+        if runtime is None:
+            continue  # archived since the candidates were read
+        for stage, task in _in_order(tasks, overdue_ids):
+            if task.status == "pending" and task.due_at is not None and task.due_at <= now:
+                done["overdue"] += 1
+                done["escalated"] += _mark_overdue(session, runtime, stage, task, now=now)
+        for stage, task in _in_order(tasks, reminder_ids):
+            if (
+                task.status in OPEN_TASK
+                and task.next_reminder_at is not None
+                and task.next_reminder_at <= now
+            ):
+                done["reminded"] += _remind(session, runtime, stage, task, now=now)
     return done
 
 
-def _tasks(session: Session, ids: list[str]) -> list[RuntimeAssignee]:
-    if not ids:
-        return []
+def _lock(session: Session, runtime_ids: list[str]) -> dict[str, Runtime]:
+    """Lock the runtimes' rows in id order (the order every scan takes them in), with viewers."""
     # populate_existing: what a concurrent action committed before we took the lock wins.
-    return list(
-        session.scalars(
-            select(RuntimeAssignee)
-            .where(RuntimeAssignee.id.in_(ids))
-            .order_by(RuntimeAssignee.created_at, RuntimeAssignee.id)
-            .execution_options(populate_existing=True)
-        )
+    runtimes = session.scalars(
+        select(Runtime)
+        .where(Runtime.id.in_(runtime_ids))
+        .order_by(Runtime.id)
+        .with_for_update()
+        .options(selectinload(Runtime.viewers))
+        .execution_options(populate_existing=True)
     )
+    return {runtime.id: runtime for runtime in runtimes}
 
 
-def _mark_overdue(session: Session, runtime: Runtime, task: RuntimeAssignee, *, now: datetime) -> int:
+def _tasks(session: Session, task_ids: list[str]) -> dict[str, tuple[RuntimeStage, RuntimeAssignee]]:
+    """Load the tasks' stages with every task on them (escalation checks and adds to those)."""
+    if not task_ids:
+        return {}
+    stage_ids = select(RuntimeAssignee.runtime_stage_id).where(RuntimeAssignee.id.in_(task_ids))
+    stages = session.scalars(
+        select(RuntimeStage)
+        .where(RuntimeStage.id.in_(stage_ids))
+        .options(selectinload(RuntimeStage.assignees))
+        .execution_options(populate_existing=True)
+    )
+    wanted = set(task_ids)
+    return {task.id: (stage, task) for stage in stages for task in stage.assignees if task.id in wanted}
+
+
+def _in_order(
+    tasks: dict[str, tuple[RuntimeStage, RuntimeAssignee]], task_ids: list[str]
+) -> list[tuple[RuntimeStage, RuntimeAssignee]]:
+    """The runtime's tasks in the order they were assigned, which orders their events."""
+    found = [tasks[task_id] for task_id in task_ids if task_id in tasks]
+    return sorted(found, key=lambda pair: (pair[1].created_at, pair[1].id))
+
+
+def _mark_overdue(
+    session: Session, runtime: Runtime, stage: RuntimeStage, task: RuntimeAssignee, *, now: datetime
+) -> int:
     """Mark a task overdue (task.overdue), then escalate it if its node says so; 1 if escalated."""
-    stage = session.get_one(RuntimeStage, task.runtime_stage_id)
     task.status, task.overdue_at = "overdue", now
     if task.next_reminder_at is not None and task.next_reminder_at <= now:
         # The overdue notice stands for a reminder falling due at the same time.
@@ -148,9 +203,10 @@ def _mark_overdue(session: Session, runtime: Runtime, task: RuntimeAssignee, *, 
     return 1
 
 
-def _remind(session: Session, runtime: Runtime, task: RuntimeAssignee, *, now: datetime) -> int:
+def _remind(
+    session: Session, runtime: Runtime, stage: RuntimeStage, task: RuntimeAssignee, *, now: datetime
+) -> int:
     """Send the reminder that is due (task.reminded) and schedule the next; 1 if sent."""
-    stage = session.get_one(RuntimeStage, task.runtime_stage_id)
     task.next_reminder_at = _next_reminder(session, runtime, task, now=now)
     if stage.status != "open" or runtime.status != "in_progress":
         return 0

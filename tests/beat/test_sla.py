@@ -231,3 +231,25 @@ def test_concurrent_scans_still_send_each_event_once(
     assert sum(events(session_factory, "task.reminded").values()) == 30
     assert sum(events(session_factory, "task.overdue").values()) == 12
     assert sum(events(session_factory, "task.escalated").values()) == 6
+
+
+def test_a_broken_runtime_is_retried_alone_and_does_not_hold_back_its_group(
+    d: Driver, session_factory, fake_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workflow_id = d.workflow(review(["u1"], reminder_hours=1))
+    runtime_ids = [d.submit(workflow_id, {}, document_id=f"D{n}") for n in range(4)]
+    broken = sorted(runtime_ids)[1]  # inside the one group of four
+    remind = sla._remind
+
+    def fail_for_broken(session: Session, runtime: Any, *args: Any, **kwargs: Any) -> int:
+        if runtime.id == broken:
+            raise RuntimeError("broken runtime")
+        return remind(session, runtime, *args, **kwargs)
+
+    monkeypatch.setattr(sla, "_remind", fail_for_broken)
+    fake_clock.advance(hours=1)
+    assert scan(session_factory) == {"overdue": 0, "escalated": 0, "reminded": 3, "errors": 1, "more": 0}
+    assert sum(events(session_factory, "task.reminded").values()) == 3
+    monkeypatch.setattr(sla, "_remind", remind)
+    assert scan(session_factory)["reminded"] == 1  # its reminder is still due
+    assert sum(events(session_factory, "task.reminded").values()) == 4
