@@ -10,8 +10,9 @@ the finance threshold, one approved by u1-u3, one waiting on them. Their rows ar
 the runtime tables emptied, and each refilled by one `INSERT ... SELECT` of the template rows
 joined with `seq_1_to_N` (MariaDB's Sequence engine): into an empty table, with unique and
 foreign key checks off, that is MariaDB's bulk load (indexes built by sorting; duplicate keys
-still fail it). Clone k has its own ids (MD5 of the template row's id and k, shaped as a
-UUID, as scattered as uuid4) and document id, and its timestamps shifted alike. Clones
+still fail it). Clone k has its own ids, shaped as the engine's UUIDv7 (time-ordered) keys:
+k where the time goes, since clone numbers follow the clones' times, then the MD5 of the
+template row's id and k. Its document id is its own and its timestamps are shifted alike. Clones
 1..`--archive` completed 1-300 days before the archive cutoff, with every row the engine
 wrote; the last `--in-progress` wait on u1-u3, due in 20-24 h; the rest completed within the
 retention period, with their stages and tasks but only a few log lines and events, their
@@ -308,9 +309,10 @@ def key(name: str) -> str:
 
 
 def uid(column: str) -> str:
-    """SQL for a clone's id: the MD5 of the template row's id and the clone number, shaped as a UUID."""
-    hashed = f"MD5(CONCAT({column}, ':', s.seq))"  # NULL stays NULL
-    for at in (9, 14, 19, 24):
+    """SQL for a clone's id, a UUIDv7: the clone number as its time, then an MD5 of the row's id and k."""
+    # The clone numbers ascend with the clones' times (see `seed`), as the engine's keys do.
+    hashed = f"CONCAT(LPAD(HEX(s.seq), 12, '0'), '7', LEFT(MD5(CONCAT({column}, ':', s.seq)), 19))"
+    for at in (9, 14, 19, 24):  # NULL stays NULL
         hashed = f"INSERT({hashed}, {at}, 0, '-')"
     return hashed
 
