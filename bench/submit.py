@@ -7,7 +7,7 @@ Needs MariaDB, Redis and `wrk` (Debian package). In one script:
    sequentially from this process to Redis (no database, no HTTP): raw publishes/s;
 2. the shim: `uvicorn api_shim.app:app --workers N` on MariaDB + Redis, loaded by `wrk`
    with unique documents (every request is a real submit: token check, workflow lookup,
-   runtime + command + log + event rows, commit, publish), at full speed, then throttled to
+   the runtime and its start command written, commit, publish), at full speed, then throttled to
    about half the peak rate for the latency figure;
 3. a check that every 202 left its runtime row (nothing accepted was lost).
 Prints medians of `--runs` runs and the ratios. No worker runs: the queue is purged after.
