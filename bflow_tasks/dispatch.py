@@ -73,6 +73,7 @@ def publish_streams(streams: Iterable[tuple[str, str | None]], *, countdown: flo
                 "webhooks.deliver",
                 args=(endpoint_id, runtime_id),
                 countdown=countdown,
+                ignore_result=True,  # send_task by name cannot read the task's own setting
                 retry=True,
                 retry_policy=WEBHOOK_PUBLISH_RETRY,
             )

@@ -22,6 +22,7 @@ from bflow_tasks.webhooks import delivery
     retry_backoff=True,
     retry_backoff_max=60,
     max_retries=12,
+    ignore_result=True,  # nothing reads it (see workflow.UNSTORED)
 )
 def deliver(endpoint_id: str, runtime_id: str | None = None) -> None:
     """Send a stream's due deliveries in order; a short retry rides a countdown, a long one the sweep."""

@@ -18,37 +18,41 @@ RETRY = {
     "max_retries": 12,
     "acks_late": True,
 }
+# Nobody reads these tasks' results: a chain hands a task's return value to the next task
+# in its message. Storing them would cost every publisher a SUBSCRIBE and every task two
+# writes to the result backend (STARTED, then SUCCESS).
+UNSTORED = {**RETRY, "ignore_result": True}
 
 
-@app.task(name="workflow.start_runtime", **RETRY)
+@app.task(name="workflow.start_runtime", **UNSTORED)
 def start_runtime(command_id: str, runtime_id: str) -> list[str]:
     """Start a submitted runtime; return the stages to open."""
     with session_scope() as session:
         return runtimes.start(session, command_id=command_id)
 
 
-@app.task(name="workflow.record_action", **RETRY)
+@app.task(name="workflow.record_action", **UNSTORED)
 def record_action(command_id: str, runtime_id: str, task_id: str, action: str) -> list[str]:
     """Apply a person's action on a task; return the stages it opened."""
     with session_scope() as session:
         return runtimes.apply_action(session, command_id=command_id)
 
 
-@app.task(name="workflow.resubmit", **RETRY)
+@app.task(name="workflow.resubmit", **UNSTORED)
 def resubmit(command_id: str, runtime_id: str) -> list[str]:
     """Continue a returned runtime with revised data; return the stages to open."""
     with session_scope() as session:
         return runtimes.resubmit(session, command_id=command_id)
 
 
-@app.task(name="workflow.cancel", **RETRY)
+@app.task(name="workflow.cancel", **UNSTORED)
 def cancel(command_id: str, runtime_id: str) -> list[str]:
     """Cancel a runtime."""
     with session_scope() as session:
         return runtimes.cancel(session, command_id=command_id)
 
 
-@app.task(name="workflow.open_stages", **RETRY)
+@app.task(name="workflow.open_stages", **UNSTORED)
 def open_stages(stage_ids: list[str]) -> None:
     """Fan out one assign task per approver, then mark the stages started (a chord)."""
     if not stage_ids:  # most actions open nothing: no transaction for them
@@ -63,12 +67,12 @@ def open_stages(stage_ids: list[str]) -> None:
 
 @app.task(name="workflow.assign", **RETRY)
 def assign(stage_id: str, user: str) -> str | None:
-    """Create one approver's task (chord header)."""
+    """Create one approver's task (chord header: its result is stored, the chord counts it)."""
     with session_scope() as session:
         return runtimes.assign(session, stage_id=stage_id, user=user)
 
 
-@app.task(name="workflow.stages_opened", **RETRY)
+@app.task(name="workflow.stages_opened", **UNSTORED)
 def stages_opened(stage_ids: list[str]) -> None:
     """Record that the stages' approvers all have their tasks (chord body)."""
     with session_scope() as session:
