@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI
 
-from api_shim import auth, errors
+from api_shim import errors
 from api_shim.limits import BodyLimit
 from api_shim.routes import health, metrics, prometheus, runtimes, tasks, webhooks, workflows
 from bflow_tasks.observability import http as observability
@@ -30,8 +30,6 @@ def create_app() -> FastAPI:
     # Prometheus looks at /metrics by default; /api/v1/metrics is the DESIGN §5 address.
     app.include_router(prometheus.router)
     app.include_router(prometheus.router, prefix=API_PREFIX)
-    # The tenant a request authenticates as joins its log context (and its Celery messages).
-    app.dependency_overrides[auth.current_tenant] = observability.binding_tenant(auth.current_tenant)
     errors.install(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(observability.RequestContext)  # outermost: a 413 carries X-Request-ID too

@@ -37,13 +37,18 @@ def issue_token(session: Session, *, tenant_id: str, name: str = "default") -> s
     return token
 
 
+def cached_tenant_for_token(token: str) -> str | None:
+    """Return the tenant id of a token seen valid in the last few seconds, or None."""
+    with _cache_lock:
+        return _tenant_by_digest.get(hash_token(token))
+
+
 def tenant_for_token(session: Session, token: str) -> str | None:
     """Return the tenant id a valid, unrevoked token belongs to, or None (cached briefly)."""
-    digest = hash_token(token)
-    with _cache_lock:
-        cached = _tenant_by_digest.get(digest)
+    cached = cached_tenant_for_token(token)
     if cached is not None:
         return cached
+    digest = hash_token(token)
     tenant_id = session.scalar(
         select(ApiToken.tenant_id).where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))
     )

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Callable
-from typing import Any
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -82,18 +79,6 @@ async def bind_path_ids(request: Request) -> None:
     """Bind the runtime or approval task a route names (an app-wide dependency)."""
     params = request.path_params
     context.bind(runtime_id=params.get("runtime_id"), bflow_task_id=params.get("task_id"))
-
-
-def binding_tenant(dependency: Callable[..., str]) -> Callable[..., str]:
-    """Wrap the authentication dependency so that the tenant it resolves joins the log context."""
-
-    @functools.wraps(dependency)
-    def bound(*args: Any, **kwargs: Any) -> str:
-        tenant_id = dependency(*args, **kwargs)
-        context.bind(tenant_id=tenant_id)
-        return tenant_id
-
-    return bound
 
 
 def _header(scope: Scope, key: bytes) -> str | None:
