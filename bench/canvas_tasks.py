@@ -8,7 +8,8 @@ builds from `celeryconfig`: importing `celeryconfig` here would import `bflow_ta
 connect its logging, tracing and metrics signal handlers, and the baseline must be bare
 Celery. The task names start with `workflow.` so that they are routed like Bflow's.
 
-The shapes mirror `bflow_tasks.tasks.workflow` message for message:
+The shapes mirror `bflow_tasks.tasks.workflow` message for message, results included: only
+the chord header stores its results, as in Bflow (the driver watches task events).
 - a command (`start_runtime` / `record_action`) is `command.si(...) | open_stages.s()`;
 - `open_stages` fans out `chord(group(assign per approver), stages_opened)` when the
   command returned a plan, and does nothing otherwise.
@@ -44,7 +45,7 @@ def opened_id(stage_ids: list[str]) -> str:
     return f"bench-opened-{stage_ids[0]}"
 
 
-@app.task(name="workflow.bench_command")
+@app.task(name="workflow.bench_command", ignore_result=True)
 def command(
     command_id: str, runtime_id: str, plan: list[list[str]], task_id: str | None = None, action: str = ""
 ) -> list[list[str]]:
@@ -52,7 +53,7 @@ def command(
     return plan
 
 
-@app.task(name="workflow.bench_open_stages")
+@app.task(name="workflow.bench_open_stages", ignore_result=True)
 def open_stages(plan: list[list[str]]) -> None:
     """Stand-in for `open_stages`: a chord of one `assign` per approver and a `stages_opened` body."""
     if not plan:
@@ -68,6 +69,6 @@ def assign(stage_id: str, user: str) -> str:
     return stage_id
 
 
-@app.task(name="workflow.bench_stages_opened")
+@app.task(name="workflow.bench_stages_opened", ignore_result=True)
 def stages_opened(stage_ids: list[str]) -> None:
     """Stand-in for `stages_opened` (the chord body)."""

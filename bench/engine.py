@@ -20,7 +20,7 @@ maintenance worker) and each run, this script:
    the same Celery settings (copied from `celeryconfig`), and drives the same canvas of
    no-op tasks: `command | open_stages`, `open_stages` -> `chord(group(assign x3), opened)`,
    3 approval chains, then for half of them a chord of one plus a final approval chain.
-   The driver waits for each chord body's result in Redis where Bflow's polls the DB.
+   The driver watches the worker's `task-succeeded` events where Bflow's polls the DB.
 Each run is a Bflow run and a baseline run back to back, each on a freshly started worker
 warmed up the same way, so that both see the same background load. No webhook endpoint is
 registered, so no `webhooks.deliver` message is sent (the events and outbox queries are).
@@ -248,6 +248,7 @@ class Tally:
     def reset(self) -> None:
         with self.lock:
             self.received: Counter[str] = Counter()
+            self.succeeded: set[str] = set()  # task ids
             self.names: dict[str, str] = {}  # task id -> short task name
             self.busy: Counter[str] = Counter()  # seconds spent in each task's body
             self.runs: Counter[str] = Counter()
@@ -256,6 +257,10 @@ class Tally:
             self.retried = 0
             self.last_done = 0.0  # the worker's timestamp of the latest task-succeeded
             self.last_event = time.monotonic()
+
+    def all_succeeded(self, task_ids: list[str]) -> bool:
+        with self.lock:
+            return all(task_id in self.succeeded for task_id in task_ids)
 
     def on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type", "")
@@ -273,6 +278,7 @@ class Tally:
             elif kind in ("task-succeeded", "task-failed", "task-retried", "task-rejected"):
                 self.finished += 1
                 if kind == "task-succeeded":
+                    self.succeeded.add(event["uuid"])
                     self.last_done = max(self.last_done, float(event["timestamp"]))
                     name = self.names.get(event["uuid"], "?")
                     self.busy[name] += float(event.get("runtime") or 0)
@@ -554,7 +560,6 @@ def percentile(values: list[float], q: float) -> float:
 
 def drive_baseline(n: int, tag: str, tally: Tally, proc: Any, timeout: float) -> dict[str, Any]:
     """Drive the same canvas of no-op tasks for `n` runtimes; return the figures."""
-    import redis
 
     from bench import canvas_tasks
     from bflow_tasks.dispatch import PUBLISH_RETRY
@@ -568,7 +573,6 @@ def drive_baseline(n: int, tag: str, tally: Tally, proc: Any, timeout: float) ->
         chain.apply_async(retry=True, retry_policy=PUBLISH_RETRY)
         return open_id
 
-    results = redis.Redis.from_url(RESULT_BACKEND)
     big = [i % 2 == 0 for i in range(n)]
     flights = [
         {"id": str(uuid.uuid4()), "big": big[i], "stages": [str(uuid.uuid4()), str(uuid.uuid4())]}
@@ -583,52 +587,44 @@ def drive_baseline(n: int, tag: str, tally: Tally, proc: Any, timeout: float) ->
     done = 0
     deadline = time.monotonic() + timeout
     next_progress = time.monotonic() + PROGRESS_SECONDS
-    try:
-        while done < n:
-            active = [r for r in flights if r["step"] != "done"]
-            keys = [f"celery-task-meta-{task_id}" for r in active for task_id in r["waiting"]]
-            states = iter(results.mget(keys))
-            progressed = False
-            for runtime in active:
-                ready = [_succeeded(next(states)) for _ in runtime["waiting"]]
-                if not all(ready):
-                    continue
-                progressed = True
-                if runtime["step"] == "managers":
-                    finance = [[runtime["stages"][1], FINANCE]] if runtime["big"] else []
-                    opens = [
-                        publish(
-                            runtime["id"],
-                            finance if user == MANAGERS[-1] else [],
-                            task_id=str(uuid.uuid4()),
-                            action="approve",
-                        )
-                        for user in MANAGERS
-                    ]
-                    runtime["step"] = "finance" if runtime["big"] else "closing"
-                    runtime["waiting"] = (
-                        [canvas_tasks.opened_id([runtime["stages"][1]])] if runtime["big"] else opens
+    while done < n:
+        active = [r for r in flights if r["step"] != "done"]
+        progressed = False
+        for runtime in active:
+            if not tally.all_succeeded(runtime["waiting"]):
+                continue
+            progressed = True
+            if runtime["step"] == "managers":
+                finance = [[runtime["stages"][1], FINANCE]] if runtime["big"] else []
+                opens = [
+                    publish(
+                        runtime["id"],
+                        finance if user == MANAGERS[-1] else [],
+                        task_id=str(uuid.uuid4()),
+                        action="approve",
                     )
-                elif runtime["step"] == "finance":
-                    runtime["waiting"] = [
-                        publish(runtime["id"], [], task_id=str(uuid.uuid4()), action="approve")
-                    ]
-                    runtime["step"] = "closing"
-                else:
-                    runtime["step"] = "done"
-                    done += 1
-            now = time.monotonic()
-            if now > deadline:
-                raise RuntimeError(
-                    f"{tag}: {done}/{n} baseline runtimes done after {timeout:.0f} s; {proc.log_path}"
+                    for user in MANAGERS
+                ]
+                runtime["step"] = "finance" if runtime["big"] else "closing"
+                runtime["waiting"] = (
+                    [canvas_tasks.opened_id([runtime["stages"][1]])] if runtime["big"] else opens
                 )
-            if now > next_progress:
-                next_progress = now + PROGRESS_SECONDS
-                print(f"  {tag}: {done}/{n} done, {tally.snapshot()['received']} messages so far", flush=True)
-            if not progressed:
-                time.sleep(POLL_SECONDS)
-    finally:
-        results.close()
+            elif runtime["step"] == "finance":
+                runtime["waiting"] = [publish(runtime["id"], [], task_id=str(uuid.uuid4()), action="approve")]
+                runtime["step"] = "closing"
+            else:
+                runtime["step"] = "done"
+                done += 1
+        now = time.monotonic()
+        if now > deadline:
+            raise RuntimeError(
+                f"{tag}: {done}/{n} baseline runtimes done after {timeout:.0f} s; {proc.log_path}"
+            )
+        if now > next_progress:
+            next_progress = now + PROGRESS_SECONDS
+            print(f"  {tag}: {done}/{n} done, {tally.snapshot()['received']} messages so far", flush=True)
+        if not progressed:
+            time.sleep(POLL_SECONDS)
     expected = sum(MESSAGES_PER_RUNTIME[b] for b in big)
     seen = settle(tally, expected, tag)
     seconds = seen["last_done"] - t0
@@ -640,10 +636,6 @@ def drive_baseline(n: int, tag: str, tally: Tally, proc: Any, timeout: float) ->
         "seconds": seconds,
         "messages_per_s": seen["received"] / seconds,
     }
-
-
-def _succeeded(meta: bytes | None) -> bool:
-    return meta is not None and json.loads(meta).get("status") == "SUCCESS"
 
 
 # --- reporting ---------------------------------------------------------------------------
