@@ -7,6 +7,7 @@ the command later, in a worker. A refused request raises a domain error and writ
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, insert, select
@@ -65,6 +66,7 @@ def submit(
             submitted_by=submitted_by,
             idempotency_key=idempotency_key,
             created_at=now,
+            updated_at=now,  # equal until something touches the runtime (see `withdraw`)
         )
         command = RuntimeCommand(
             id=new_id(),
@@ -91,7 +93,9 @@ def submit(
     request = {"workflow_id": workflow_id, "document_type": document_type, "document_id": document_id}
     earlier = _earlier_submission(session, tenant_id, idempotency_key, document_type, document_id)
     if earlier is not None and idempotency_key is not None and earlier.idempotency_key == idempotency_key:
-        return _replayed(earlier, request), None  # a retry gets its first answer, whatever changed since
+        # A retry gets its first answer, whatever changed since, and keeps the runtime from
+        # being withdrawn by a first request still waiting on the broker.
+        return _kept(_replayed(earlier, request)), None
     if earlier is not None:
         raise Conflict(
             f"document {document_type}/{document_id} is already in flight", details={"runtime_id": earlier.id}
@@ -200,7 +204,16 @@ def withdraw(session: Session, *, command_id: str) -> None:
     if command is None:
         return
     if command.kind == "start":
-        session.execute(delete(Runtime).where(Runtime.id == command.runtime_id))
+        # Only a runtime nothing has touched since it was admitted: not one the worker has
+        # started (the sweep may have sent the command), nor one a retry with the same
+        # Idempotency-Key was told is accepted. Those stay, and their command goes ahead.
+        session.execute(
+            delete(Runtime).where(
+                Runtime.id == command.runtime_id,
+                Runtime.status == "pending",
+                Runtime.updated_at == Runtime.created_at,
+            )
+        )
     else:
         session.execute(delete(RuntimeCommand).where(RuntimeCommand.id == command_id))
 
@@ -280,6 +293,13 @@ def _earlier_submission(
     rows = session.scalars(select(Runtime).where(Runtime.tenant_id == tenant_id, matches)).all()
     # The replayed key wins over the collision: the client is retrying the same request.
     return next((r for r in rows if key is not None and r.idempotency_key == key), rows[0] if rows else None)
+
+
+def _kept(runtime: Runtime) -> Runtime:
+    """Touch a runtime not started yet, so that the request that admitted it cannot withdraw it."""
+    if runtime.status == "pending":
+        runtime.updated_at = max(clock.now(), runtime.created_at + timedelta(microseconds=1))
+    return runtime
 
 
 def _replayed(earlier: Runtime, request: dict[str, str]) -> Runtime:

@@ -10,7 +10,14 @@ from sqlalchemy import delete, func, select, update
 
 from bflow_tasks.engine import admission, runtimes, workflows
 from bflow_tasks.engine.errors import Conflict, Forbidden, InvalidInput
-from bflow_tasks.models import RuntimeAssignee, RuntimeCommand, RuntimeEvent, RuntimeLog, RuntimeStage
+from bflow_tasks.models import (
+    Runtime,
+    RuntimeAssignee,
+    RuntimeCommand,
+    RuntimeEvent,
+    RuntimeLog,
+    RuntimeStage,
+)
 from tests.engine.driver import Driver
 from tests.factories import leave_request_definition
 
@@ -332,6 +339,50 @@ def test_idempotency_key_replays_and_in_flight_document_conflicts(d, session_fac
         admission.submit(s, document_id="D10", idempotency_key="k1", **args)
     with session_factory() as s:
         assert s.scalar(select(func.count()).select_from(RuntimeCommand)) == 1
+
+
+def test_withdraw_removes_only_a_submission_nothing_has_touched(d, session_factory):
+    """A 503 after a broker refusal withdraws the submission, unless it was started, or a retry
+    with the same Idempotency-Key was already told it is accepted (that 202 must hold)."""
+    wf = d.workflow(single_stage([{"users": ["a"]}]))
+    args = {"tenant_id": d.tenant_id, "workflow_id": wf, "document_type": "leave_request", "data": {}}
+
+    def submit(document_id: str, key: str | None = None) -> tuple[str, str]:
+        with session_factory.begin() as s:
+            runtime, command = admission.submit(
+                s, document_id=document_id, idempotency_key=key, submitted_by="alice", **args
+            )
+            assert command is not None
+            return runtime.id, command.id
+
+    def withdraw(command_id: str) -> None:
+        with session_factory.begin() as s:
+            admission.withdraw(s, command_id=command_id)
+
+    def live(runtime_id: str) -> tuple[str | None, int]:
+        with session_factory() as s:
+            status = s.scalar(select(Runtime.status).where(Runtime.id == runtime_id))
+            commands = s.scalar(select(func.count()).where(RuntimeCommand.runtime_id == runtime_id))
+            return status, commands or 0
+
+    untouched, command_id = submit("D1")
+    withdraw(command_id)
+    assert live(untouched) == (None, 0)
+
+    kept, command_id = submit("D2", key="k2")
+    with session_factory.begin() as s:  # the client's retry, while the first request waits on the broker
+        replay, none = admission.submit(
+            s, document_id="D2", idempotency_key="k2", submitted_by="alice", **args
+        )
+        assert (replay.id, none) == (kept, None)
+    withdraw(command_id)
+    assert live(kept) == ("pending", 1)  # the sweep sends its start command
+
+    started, command_id = submit("D3")
+    with session_factory.begin() as s:
+        runtimes.start(s, command_id=command_id)
+    withdraw(command_id)
+    assert live(started) == ("in_progress", 1)
 
 
 def test_a_finished_document_can_be_submitted_again(d):
