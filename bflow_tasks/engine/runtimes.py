@@ -128,6 +128,10 @@ def cancel(session: Session, *, command_id: str) -> list[str]:
     """Cancel a runtime that has not ended yet."""
     command, runtime = _claim(session, command_id)
     if command is not None and runtime is not None and runtime.status not in stages.FINAL_STATUSES:
+        if runtime.status == "pending":
+            # Cancelled before its start command ran (which will then do nothing): every
+            # runtime's event stream still begins with runtime.created.
+            journal.emit(session, runtime, "runtime.created", actor=runtime.submitted_by, status="pending")
         stages.finish(session, runtime, "cancelled", actor=command.actor)
     return []
 

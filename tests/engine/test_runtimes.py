@@ -282,6 +282,34 @@ def test_cancel_cancels_open_work(d):
     assert set(d.tasks(rid).values()) == {"completed", "cancelled"}
 
 
+def test_a_runtime_cancelled_before_it_started_still_announces_itself_first(d, session_factory):
+    wf = d.workflow(single_stage([{"users": ["a"]}]))
+    with session_factory.begin() as s:
+        runtime, start = admission.submit(
+            s,
+            tenant_id=d.tenant_id,
+            workflow_id=wf,
+            document_type="leave_request",
+            document_id="D1",
+            data={},
+            submitted_by="alice",
+        )
+        assert start is not None
+        rid, start_id = runtime.id, start.id
+    with session_factory.begin() as s:
+        cancel_id = admission.request_cancel(s, tenant_id=d.tenant_id, runtime_id=rid, actor="alice").id
+    with session_factory.begin() as s:  # the cancel's message overtook the start's
+        runtimes.cancel(s, command_id=cancel_id)
+    with session_factory.begin() as s:
+        assert runtimes.start(s, command_id=start_id) == []
+    with session_factory() as s:
+        events = s.scalars(
+            select(RuntimeEvent.type).where(RuntimeEvent.runtime_id == rid).order_by(RuntimeEvent.sequence)
+        ).all()
+    assert events == ["runtime.created", "runtime.cancelled"]
+    assert d.status(rid) == "cancelled"
+
+
 def test_zones_limit_what_an_action_may_edit(d, session_factory):
     flow = single_stage([{"users": ["a"]}], zones=["approved_days"])
     flow["zones"] = ["approved_days", "amount"]
