@@ -45,6 +45,24 @@ class Driver:
         by: str = "alice",
         document_type: str = "leave_request",
     ) -> str:
+        runtime_id, command_id = self.admit(
+            workflow_id, data, document_id=document_id, by=by, document_type=document_type
+        )
+        if command_id:
+            self.apply(command_id, "start")
+        return runtime_id
+
+    def admit(
+        self,
+        workflow_id: str,
+        data: dict[str, Any],
+        *,
+        document_id: str = "D1",
+        by: str = "alice",
+        document_type: str = "leave_request",
+        key: str | None = None,
+    ) -> tuple[str, str | None]:
+        """Submit as the shim does, without starting: (runtime id, start command id or None on a replay)."""
         with self.sf.begin() as s:
             runtime, command = admission.submit(
                 s,
@@ -54,11 +72,9 @@ class Driver:
                 document_id=document_id,
                 data=data,
                 submitted_by=by,
+                idempotency_key=key,
             )
-            runtime_id, command_id = runtime.id, command.id if command else None
-        if command_id:
-            self.apply(command_id, "start")
-        return runtime_id
+            return runtime.id, command.id if command else None
 
     def apply(self, command_id: str, kind: str) -> list[str]:
         with self.sf.begin() as s:

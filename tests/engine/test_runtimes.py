@@ -283,19 +283,7 @@ def test_cancel_cancels_open_work(d):
 
 
 def test_a_runtime_cancelled_before_it_started_still_announces_itself_first(d, session_factory):
-    wf = d.workflow(single_stage([{"users": ["a"]}]))
-    with session_factory.begin() as s:
-        runtime, start = admission.submit(
-            s,
-            tenant_id=d.tenant_id,
-            workflow_id=wf,
-            document_type="leave_request",
-            document_id="D1",
-            data={},
-            submitted_by="alice",
-        )
-        assert start is not None
-        rid, start_id = runtime.id, start.id
+    rid, start_id = d.admit(d.workflow(single_stage([{"users": ["a"]}])), {})
     with session_factory.begin() as s:
         cancel_id = admission.request_cancel(s, tenant_id=d.tenant_id, runtime_id=rid, actor="alice").id
     with session_factory.begin() as s:  # the cancel's message overtook the start's
@@ -373,19 +361,10 @@ def test_withdraw_removes_only_a_submission_nothing_has_touched(d, session_facto
     """A 503 after a broker refusal withdraws the submission, unless it was started, or a retry
     with the same Idempotency-Key was already told it is accepted (that 202 must hold)."""
     wf = d.workflow(single_stage([{"users": ["a"]}]))
-    args = {"tenant_id": d.tenant_id, "workflow_id": wf, "document_type": "leave_request", "data": {}}
 
-    def submit(document_id: str, key: str | None = None) -> tuple[str, str]:
+    def withdraw(command_id: str | None) -> None:
         with session_factory.begin() as s:
-            runtime, command = admission.submit(
-                s, document_id=document_id, idempotency_key=key, submitted_by="alice", **args
-            )
-            assert command is not None
-            return runtime.id, command.id
-
-    def withdraw(command_id: str) -> None:
-        with session_factory.begin() as s:
-            admission.withdraw(s, command_id=command_id)
+            admission.withdraw(s, command_id=str(command_id))
 
     def live(runtime_id: str) -> tuple[str | None, int]:
         with session_factory() as s:
@@ -393,22 +372,19 @@ def test_withdraw_removes_only_a_submission_nothing_has_touched(d, session_facto
             commands = s.scalar(select(func.count()).where(RuntimeCommand.runtime_id == runtime_id))
             return status, commands or 0
 
-    untouched, command_id = submit("D1")
+    untouched, command_id = d.admit(wf, {}, document_id="D1")
     withdraw(command_id)
     assert live(untouched) == (None, 0)
 
-    kept, command_id = submit("D2", key="k2")
-    with session_factory.begin() as s:  # the client's retry, while the first request waits on the broker
-        replay, none = admission.submit(
-            s, document_id="D2", idempotency_key="k2", submitted_by="alice", **args
-        )
-        assert (replay.id, none) == (kept, None)
+    kept, command_id = d.admit(wf, {}, document_id="D2", key="k2")
+    # The client's retry, while the first request still waits on the broker: a replay.
+    assert d.admit(wf, {}, document_id="D2", key="k2") == (kept, None)
     withdraw(command_id)
     assert live(kept) == ("pending", 1)  # the sweep sends its start command
 
-    started, command_id = submit("D3")
+    started, command_id = d.admit(wf, {}, document_id="D3")
     with session_factory.begin() as s:
-        runtimes.start(s, command_id=command_id)
+        runtimes.start(s, command_id=str(command_id))
     withdraw(command_id)
     assert live(started) == ("in_progress", 1)
 

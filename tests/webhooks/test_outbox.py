@@ -125,18 +125,8 @@ def test_admission_emits_nothing_so_a_withdrawn_submission_was_never_announced(
 ) -> None:
     add_endpoint(session_factory, driver.tenant_id, URL)
     workflow_id = driver.workflow(leave_request_definition())
-    with session_factory.begin() as session:
-        runtime, command = admission.submit(
-            session,
-            tenant_id=driver.tenant_id,
-            workflow_id=workflow_id,
-            document_type="leave_request",
-            document_id="D1",
-            data={},
-            submitted_by="alice",
-        )
-        assert command is not None
-        command_id = command.id
+    _runtime_id, command_id = driver.admit(workflow_id, {})
+    assert command_id is not None
     # runtime.created waits for the worker to start the runtime (see the next assertion).
     assert deliveries(engine) == []
     with session_factory.begin() as session:
