@@ -189,6 +189,9 @@ def _assign(
     assign_type: str,
     delegated_from: RuntimeAssignee | None = None,
 ) -> RuntimeAssignee:
+    # First, while nothing of this step is pending: loading the viewers autoflushes, and
+    # the step's rows are then written by the one flush at commit.
+    add_viewer(runtime, user)
     definition = load_definition(session, runtime.workflow_version_id)
     sla_hours = definition.node(stage.node_key).sla_hours
     reminder_hours = definition.node(stage.node_key).reminder_hours
@@ -210,7 +213,6 @@ def _assign(
         created_at=now,
     )
     stage.assignees.append(assignee)
-    add_viewer(runtime, user)
     journal.log(session, runtime, "task.assigned", stage=stage, assignee=assignee, actor=user)
     journal.emit(session, runtime, "task.assigned", stage=stage, assignee=assignee)
     return assignee
