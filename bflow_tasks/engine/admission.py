@@ -130,7 +130,7 @@ def request_action(
         raise InvalidInput(f"unknown action '{action}'; expected one of {', '.join(ACTIONS)}")
     if assignee.user != actor:
         raise Forbidden(f"'{actor}' may not act on a task assigned to another user")
-    if assignee.status not in ("pending", "overdue"):
+    if assignee.status not in stages.OPEN_TASK_STATUSES:
         raise Conflict(f"task {task_id} is already {assignee.status}")
     if runtime.status != "in_progress":
         raise Conflict(f"runtime {runtime.id} is {runtime.status}")

@@ -16,8 +16,6 @@ from sqlalchemy.orm import Session
 from bflow_tasks.engine import clock, journal, stages
 from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeStage
 
-OPEN_TASK = ("pending", "overdue")
-
 
 def add_stand_in(
     session: Session, runtime: Runtime, stage: RuntimeStage, task: RuntimeAssignee, *, to_user: str
@@ -45,7 +43,9 @@ def release_stand_ins(
     released = [
         task
         for task in tasks.values()
-        if task.id != approved.id and task.status in OPEN_TASK and _place(tasks, task) == place
+        if task.id != approved.id
+        and task.status in stages.OPEN_TASK_STATUSES
+        and _place(tasks, task) == place
     ]
     for task in released:
         task.status, task.completed_at = "cancelled", clock.now()

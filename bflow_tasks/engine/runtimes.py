@@ -61,7 +61,7 @@ def apply_action(session: Session, *, command_id: str) -> list[str]:
     if (
         runtime.status != "in_progress"
         or stage.status != "open"
-        or assignee.status not in ("pending", "overdue")
+        or assignee.status not in stages.OPEN_TASK_STATUSES
     ):
         # The stage moved on between admission and now (a quorum reached, a cancel).
         command.status, command.error = "refused", f"task is {assignee.status}, stage {stage.status}"

@@ -17,7 +17,7 @@ runtime per transaction, so that one broken runtime never holds back the others.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,14 +25,13 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload
 
-from bflow_tasks.engine import clock, escalation, journal
+from bflow_tasks.engine import clock, escalation, journal, stages
 from bflow_tasks.engine.jobs import SessionScope
 from bflow_tasks.engine.workflows import load_definition
 from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeStage
 
 log = logging.getLogger(__name__)
 
-OPEN_TASK = ("pending", "overdue")
 # Enough to pay one commit for many runtimes' events, few enough to keep row locks short.
 RUNTIMES_PER_TRANSACTION = 50
 # Per runtime: the ids of its tasks found overdue, and of those with a reminder due.
@@ -55,7 +54,7 @@ def reminder_query(now: datetime, limit: int) -> Select[str, str]:
     # each task sent drops out of the range, so every due one is reached in a later run.
     return (
         select(RuntimeAssignee.id, RuntimeAssignee.runtime_id)
-        .where(RuntimeAssignee.status.in_(OPEN_TASK), RuntimeAssignee.next_reminder_at <= now)
+        .where(RuntimeAssignee.status.in_(stages.OPEN_TASK_STATUSES), RuntimeAssignee.next_reminder_at <= now)
         .limit(limit)
     )
 
@@ -71,7 +70,7 @@ def scan(scope: SessionScope, *, batch: int = 500) -> dict[str, Any]:
         work[runtime_id][0].append(task_id)
     for task_id, runtime_id in reminders:
         work[runtime_id][1].append(task_id)
-    counts = {"overdue": 0, "escalated": 0, "reminded": 0, "errors": 0}
+    counts = _no_counts()
     ordered = sorted(work)
     for start in range(0, len(ordered), RUNTIMES_PER_TRANSACTION):
         group = {
@@ -83,14 +82,12 @@ def scan(scope: SessionScope, *, batch: int = 500) -> dict[str, Any]:
         except Exception:
             log.warning("SLA scan of %d runtimes failed; retrying them one by one", len(group), exc_info=True)
             done = _scan_one_by_one(scope, group, now=now)
-        for key, value in done.items():
-            counts[key] += value
-    counts["more"] = int(len(overdue) == batch or len(reminders) == batch)
-    return counts
+        counts.update(done)
+    return {**counts, "more": int(len(overdue) == batch or len(reminders) == batch)}
 
 
-def _scan_one_by_one(scope: SessionScope, work: Work, *, now: datetime) -> dict[str, int]:
-    counts = {"overdue": 0, "escalated": 0, "reminded": 0, "errors": 0}
+def _scan_one_by_one(scope: SessionScope, work: Work, *, now: datetime) -> Counter[str]:
+    counts = _no_counts()
     for runtime_id, tasks in work.items():
         try:
             with scope() as session:
@@ -99,17 +96,20 @@ def _scan_one_by_one(scope: SessionScope, work: Work, *, now: datetime) -> dict[
             # One broken runtime must not stop the others' reminders; it is retried next run.
             log.exception("SLA scan failed for runtime %s", runtime_id)
             counts["errors"] += 1
-            continue
-        for key, value in done.items():
-            counts[key] += value
+        else:
+            counts.update(done)  # once committed
     return counts
 
 
-def _scan_runtimes(session: Session, work: Work, *, now: datetime) -> dict[str, int]:
+def _no_counts() -> Counter[str]:
+    return Counter(overdue=0, escalated=0, reminded=0, errors=0)
+
+
+def _scan_runtimes(session: Session, work: Work, *, now: datetime) -> Counter[str]:
     """Handle these runtimes' due tasks under their locks, re-checking each against fresh rows."""
     locked = _lock(session, list(work))
     tasks = _tasks(session, [task_id for ids in work.values() for task_id in (*ids[0], *ids[1])])
-    done = {"overdue": 0, "escalated": 0, "reminded": 0}
+    done = _no_counts()
     for runtime_id, (overdue_ids, reminder_ids) in work.items():
         runtime = locked.get(runtime_id)
         if runtime is None:
@@ -120,7 +120,7 @@ def _scan_runtimes(session: Session, work: Work, *, now: datetime) -> dict[str, 
                 done["escalated"] += _mark_overdue(session, runtime, stage, task, now=now)
         for stage, task in _in_order(tasks, reminder_ids):
             if (
-                task.status in OPEN_TASK
+                task.status in stages.OPEN_TASK_STATUSES
                 and task.next_reminder_at is not None
                 and task.next_reminder_at <= now
             ):
@@ -147,14 +147,14 @@ def _tasks(session: Session, task_ids: list[str]) -> dict[str, tuple[RuntimeStag
     if not task_ids:
         return {}
     stage_ids = select(RuntimeAssignee.runtime_stage_id).where(RuntimeAssignee.id.in_(task_ids))
-    stages = session.scalars(
+    loaded = session.scalars(
         select(RuntimeStage)
         .where(RuntimeStage.id.in_(stage_ids))
         .options(selectinload(RuntimeStage.assignees))
         .execution_options(populate_existing=True)
     )
     wanted = set(task_ids)
-    return {task.id: (stage, task) for stage in stages for task in stage.assignees if task.id in wanted}
+    return {task.id: (stage, task) for stage in loaded for task in stage.assignees if task.id in wanted}
 
 
 def _in_order(

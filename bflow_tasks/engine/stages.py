@@ -18,6 +18,8 @@ from bflow_tasks.engine.workflows import load_definition, node_ids
 from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeStage, RuntimeViewer, new_id
 
 FINAL_STATUSES = ("completed", "rejected", "cancelled", "error")
+# A task its assignee can still act on (overdue is still open).
+OPEN_TASK_STATUSES = ("pending", "overdue")
 
 
 class RuntimeFailed(Exception):
@@ -84,8 +86,7 @@ def _open_node(
 
 def pass_create_node(session: Session, runtime: Runtime) -> RuntimeStage:
     """Record the submitter's pass through the create node (a stage completed on arrival)."""
-    definition = load_definition(session, runtime.workflow_version_id)
-    key = definition.create_node.key
+    key = load_definition(session, runtime.workflow_version_id).create_node.key
     submitter = runtime.submitted_by
     stage = _new_stage(
         session, runtime, key=key, action="create", approvers=[{"user": submitter, "type": "submitter"}]
@@ -315,5 +316,5 @@ def _cancel_open(runtime: Runtime) -> None:
 def _cancel_pending(stages: list[RuntimeStage]) -> None:
     for stage in stages:
         for task in stage.assignees:
-            if task.status in ("pending", "overdue"):
+            if task.status in OPEN_TASK_STATUSES:
                 task.status = "cancelled"
