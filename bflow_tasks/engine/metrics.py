@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from bflow_tasks.engine import clock
 from bflow_tasks.engine.errors import InvalidInput
+from bflow_tasks.engine.stages import OPEN_TASK_STATUSES
 from bflow_tasks.engine.workflows import get_workflow
 from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeStage
 
@@ -131,7 +132,7 @@ def _sla(session: Session, in_window: ColumnElement[bool], *, now: datetime) -> 
     met = and_(acted, task.completed_at <= task.due_at)
     breached = or_(
         and_(acted, task.completed_at > task.due_at),
-        and_(task.status.in_(("pending", "overdue")), task.due_at <= now),
+        and_(task.status.in_(OPEN_TASK_STATUSES), task.due_at <= now),
         and_(task.status == "cancelled", task.overdue_at.is_not(None)),
     )
     row = session.execute(

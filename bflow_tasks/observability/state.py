@@ -22,13 +22,13 @@ from sqlalchemy import Connection, Engine, create_engine, func, select
 
 from bflow_tasks import db
 from bflow_tasks.engine import clock
+from bflow_tasks.engine.stages import OPEN_TASK_STATUSES
 from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeCommand, WebhookDelivery
 from bflow_tasks.observability.metrics import multiprocess_dir
 from bflow_tasks.settings import settings
 
 log = logging.getLogger(__name__)
 
-TASK_STATUSES = ("pending", "overdue")
 DELIVERY_STATUSES = ("pending", "retrying", "failed")
 RUNTIME_STATUSES = ("pending", "in_progress", "returned")
 
@@ -81,9 +81,9 @@ def _read_state() -> list[Sample]:
 
 def _queries(conn: Connection, now: datetime) -> list[Sample]:
     task = RuntimeAssignee
-    tasks = dict.fromkeys(TASK_STATUSES, 0) | dict(
+    tasks = dict.fromkeys(OPEN_TASK_STATUSES, 0) | dict(
         conn.execute(
-            select(task.status, func.count()).where(task.status.in_(TASK_STATUSES)).group_by(task.status)
+            select(task.status, func.count()).where(task.status.in_(OPEN_TASK_STATUSES)).group_by(task.status)
         ).all()
     )
     # Past due but not yet marked by the SLA scan: overdue all the same (idx status, due_at).
