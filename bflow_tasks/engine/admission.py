@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from bflow_tasks.engine import clock, stages
 from bflow_tasks.engine.errors import Conflict, Forbidden, InvalidInput, NotFound
 from bflow_tasks.engine.workflows import AdmissionTarget, admission_target, load_definition
-from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeCommand, new_id
+from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeCommand, RuntimeStage, new_id
 
 ACTIONS = ("approve", "reject", "return", "delegate")
 
@@ -141,13 +141,15 @@ def request_action(
             )
         if delegate_to == actor:
             raise InvalidInput("a task cannot be delegated to its own assignee")
-        # Anyone who ever held a task on this stage (a former delegator, an escalation
-        # stand-in) keeps its row, and a user has one row per stage.
         holders = session.scalars(
             select(RuntimeAssignee.user).where(RuntimeAssignee.runtime_stage_id == assignee.runtime_stage_id)
         )
-        if delegate_to in set(holders):
-            raise Conflict(f"'{delegate_to}' already has a task on this stage")
+        planned = session.scalar(
+            select(RuntimeStage.approvers).where(RuntimeStage.id == assignee.runtime_stage_id)
+        )
+        conflict = stages.delegation_conflict(delegate_to, holders=holders, approvers=planned or [])
+        if conflict:
+            raise Conflict(conflict)
     if data:
         _check_zones(session, runtime, assignee.node_key, data)
     payload = {"action": action, "comments": comments, "delegate_to": delegate_to, "data": data or {}}

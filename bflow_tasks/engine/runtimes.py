@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 from bflow_tasks.engine import clock, escalation, journal, stages
 from bflow_tasks.engine.approvers import ApproversUnresolved
 from bflow_tasks.engine.errors import NotFound
-from bflow_tasks.models import Runtime, RuntimeCommand, RuntimeStage, RuntimeViewer
+from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeCommand, RuntimeStage, RuntimeViewer
 
 
 def lock(session: Session, runtime_id: str) -> Runtime:
@@ -64,10 +64,17 @@ def apply_action(session: Session, *, command_id: str) -> list[str]:
         or assignee.status not in stages.OPEN_TASK_STATUSES
     ):
         # The stage moved on between admission and now (a quorum reached, a cancel).
-        command.status, command.error = "refused", f"task is {assignee.status}, stage {stage.status}"
-        journal.log(session, runtime, "action.refused", actor=actor, assignee=assignee, message=command.error)
-        return []
+        return _refuse(
+            session, runtime, command, assignee, f"task is {assignee.status}, stage {stage.status}"
+        )
     if action == "delegate":
+        # Admission checked this too, but another delegation or an escalation stand-in
+        # may have given the same user a place on this stage since.
+        conflict = stages.delegation_conflict(
+            payload["delegate_to"], holders=(task.user for task in stage.assignees), approvers=stage.approvers
+        )
+        if conflict:
+            return _refuse(session, runtime, command, assignee, conflict)
         stages.delegate(session, runtime, stage, assignee, to_user=payload["delegate_to"])
         journal.log(
             session,
@@ -166,6 +173,17 @@ def mark_started(session: Session, *, stage_ids: list[str]) -> None:
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _refuse(
+    session: Session, runtime: Runtime, command: RuntimeCommand, assignee: RuntimeAssignee, reason: str
+) -> list[str]:
+    """Refuse an admitted action that can no longer be applied; its task may be acted on again."""
+    command.status, command.error = "refused", reason
+    # Free "one action per task" for the task's next action (if it is still open).
+    command.dedupe_key = f"refused:{command.id}"
+    journal.log(session, runtime, "action.refused", actor=command.actor, assignee=assignee, message=reason)
+    return []
 
 
 def _claim(session: Session, command_id: str) -> tuple[RuntimeCommand | None, Runtime | None]:

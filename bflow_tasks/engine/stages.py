@@ -7,7 +7,9 @@ assignees stop anything that slips past the lock.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -36,12 +38,7 @@ def route(
 ) -> list[str]:
     """Follow the associations that match a completed stage's outcome; return stages to open."""
     definition = load_definition(session, runtime.workflow_version_id)
-    wanted = [outcome] + (["approve", "complete", None] if outcome in ("approve", "complete") else [])
-    targets = [
-        a.dest
-        for a in definition.outgoing(stage.node_key)
-        if a.on in wanted and conditions.evaluate(a.condition, runtime.data)
-    ]
+    targets = _targets(definition, stage.node_key, outcome, runtime.data)
     if not targets:
         if outcome == "reject":
             finish(session, runtime, "rejected", actor=actor)
@@ -58,6 +55,11 @@ def route(
         joining = len(definition.incoming(key)) > 1
         if joining and not _join_passes(runtime, definition, key, stage, opening=[k for k, _ in planned]):
             continue
+        planned.append(
+            (key, approvers.resolve(session, runtime=runtime, node=node) if node.needs_people else [])
+        )
+    for key in _joins_no_longer_waiting(runtime, definition, opening=[k for k, _ in planned]):
+        node = definition.node(key)
         planned.append(
             (key, approvers.resolve(session, runtime=runtime, node=node) if node.needs_people else [])
         )
@@ -157,6 +159,45 @@ def _join_passes(
     return not any(key in reachable_from(definition, other) for other in [*still_open, *opening])
 
 
+def _targets(definition: WorkflowDefinition, node_key: str, outcome: str, data: dict[str, Any]) -> list[str]:
+    """The nodes a stage of `node_key` routes to with this outcome, in definition order."""
+    wanted = [outcome] + (["approve", "complete", None] if outcome in ("approve", "complete") else [])
+    return [
+        a.dest
+        for a in definition.outgoing(node_key)
+        if a.on in wanted and conditions.evaluate(a.condition, data)
+    ]
+
+
+def _joins_no_longer_waiting(
+    runtime: Runtime, definition: WorkflowDefinition, *, opening: list[str]
+) -> list[str]:
+    """`all` joins that a branch reached while another could still come, and none can now.
+
+    A branch that arrives at an `all` join while another open branch may still reach it
+    opens nothing. If that other branch then routes elsewhere (a condition, an `on`
+    association), the join would wait for ever: once no open branch can reach it, it opens.
+    """
+    this_round = [s for s in runtime.stages if s.round == runtime.round]
+    reachable = [s.node_key for s in this_round if s.status == "open"] + opening
+    ready = []
+    for node in definition.nodes:
+        if node.join != "all" or len(definition.incoming(node.key)) < 2 or node.key in opening:
+            continue
+        # Arrivals since the join last opened (each opening absorbs the wave before it).
+        last_opened = max((s.sequence for s in this_round if s.node_key == node.key), default=0)
+        arrived = any(
+            s.status == "completed"
+            and s.sequence > last_opened
+            and s.outcome is not None
+            and node.key in _targets(definition, s.node_key, s.outcome, runtime.data)
+            for s in this_round
+        )
+        if arrived and not any(node.key in reachable_from(definition, key) for key in reachable):
+            ready.append(node.key)
+    return ready
+
+
 def _complete_if_done(session: Session, runtime: Runtime) -> None:
     """Complete the runtime once an end was reached and no branch is still open."""
     if runtime.status != "in_progress":
@@ -217,6 +258,19 @@ def _assign(
     journal.log(session, runtime, "task.assigned", stage=stage, assignee=assignee, actor=user)
     journal.emit(session, runtime, "task.assigned", stage=stage, assignee=assignee)
     return assignee
+
+
+def delegation_conflict(to_user: str, *, holders: Iterable[str], approvers: list[Any]) -> str | None:
+    """Why `to_user` cannot take over a task on a stage, or None if they can.
+
+    A user holds at most one task per stage (a former delegator and a stand-in keep theirs),
+    and an approver whose task is still being created would otherwise fill two places.
+    """
+    if to_user in set(holders):
+        return f"'{to_user}' already has a task on this stage"
+    if any(planned["user"] == to_user for planned in approvers):
+        return f"'{to_user}' is already an approver on this stage"
+    return None
 
 
 def delegate(

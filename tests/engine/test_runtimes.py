@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import delete, func, select, update
 
-from bflow_tasks.engine import admission, runtimes, workflows
+from bflow_tasks.engine import admission, clock, runtimes, sla, sweep, workflows
 from bflow_tasks.engine.errors import Conflict, Forbidden, InvalidInput
 from bflow_tasks.models import (
     Runtime,
@@ -222,6 +222,22 @@ def test_join_all_does_not_wait_for_a_branch_whose_condition_was_false(d):
     rid = d.submit(d.workflow(flow), {"needs_it": False})
     d.act(rid, "l1")
     assert d.stages(rid)[-1] == ("ceo", "open", None)
+
+
+def test_join_all_opens_once_the_branch_it_waited_for_routes_elsewhere(d):
+    flow = split_join("all")
+    small = {"var": "amount", "op": "<", "value": 1000}
+    flow["associations"][3]["condition"] = {"var": "amount", "op": ">=", "value": 1000}  # it -> ceo
+    flow["associations"].append({"source": "it", "dest": "done", "condition": small})
+    rid = d.submit(d.workflow(flow), {"amount": 10})
+    d.act(rid, "l1")  # legal reaches ceo, which waits: it is open and may still come
+    assert "ceo" not in [k for k, _, _ in d.stages(rid)]
+    d.act(rid, "i1")  # it goes to done instead: nothing can reach ceo now but legal did
+    assert ("ceo", "open", None) in d.stages(rid)
+    assert d.status(rid) == "in_progress"
+    d.act(rid, "boss")
+    assert d.status(rid) == "completed"
+    assert [k for k, _, _ in d.stages(rid)].count("ceo") == 1
 
 
 # --- return, resubmit, delegate, cancel, zones --------------------------------------------------------
@@ -583,10 +599,6 @@ def test_a_stage_completed_before_its_opening_finished_still_reports_its_start(d
 
 
 def test_the_sweep_resends_lost_work_with_a_doubling_wait(d, session_factory):
-    from datetime import datetime, timedelta
-
-    from bflow_tasks.engine import clock, sweep
-
     rid = d.submit(d.workflow(single_stage([{"users": ["a"]}])), {})
     d.request(rid, "a", "approve")  # admitted; its message is lost
     with session_factory.begin() as s:
@@ -604,6 +616,63 @@ def test_the_sweep_resends_lost_work_with_a_doubling_wait(d, session_factory):
                     len(sweep.unstarted_stages(s, grace=grace)),
                 )
             assert found == (expected, expected), offset
+    finally:
+        clock.set_clock(None)
+
+
+def test_two_delegations_to_one_user_refuse_the_second_and_free_its_task(d, session_factory):
+    rid = d.submit(d.workflow(single_stage([{"users": ["a", "b"]}], "all")), {})
+    first = d.request(rid, "a", "delegate", delegate_to="x")
+    second = d.request(rid, "b", "delegate", delegate_to="x")  # admitted: x has no task yet
+    d.apply(first, "action")
+    d.apply(second, "action")  # x now holds a's place: b's delegation cannot be applied
+    with session_factory() as s:
+        refused = s.get_one(RuntimeCommand, second)
+        assert (refused.status, refused.error) == ("refused", "'x' already has a task on this stage")
+        assert (
+            s.scalar(
+                select(func.count()).where(
+                    RuntimeLog.runtime_id == rid, RuntimeLog.action == "action.refused"
+                )
+            )
+            == 1
+        )
+    assert d.tasks(rid) == {"alice": "completed", "a": "delegated", "b": "pending", "x": "pending"}
+    d.act(rid, "b")  # the refusal freed b's task for its next action
+    d.act(rid, "x")
+    assert d.status(rid) == "completed"
+
+
+def test_a_task_cannot_be_delegated_to_an_approver_still_being_assigned(d, session_factory):
+    wf = d.workflow(single_stage([{"users": ["a", "y"]}], "all"))
+    rid, command_id = d.admit(wf, {})
+    with session_factory.begin() as s:
+        (stage_id,) = runtimes.start(s, command_id=command_id)
+        runtimes.assign(s, stage_id=stage_id, user="a")  # y's chord task has not run yet
+    task = d.task_of(rid, "a")
+    with session_factory() as s, pytest.raises(Conflict, match="'y' is already an approver on this stage"):
+        admission.request_action(
+            s, tenant_id=d.tenant_id, task_id=task, action="delegate", actor="a", delegate_to="y"
+        )
+
+
+def test_a_delegation_admitted_before_an_escalation_to_the_same_user_is_refused(d, session_factory):
+    start = datetime(2030, 1, 7, 9, 0)
+    now = [start]
+    clock.set_clock(lambda: now[0])
+    try:
+        rid = d.submit(
+            d.workflow(single_stage([{"users": ["a"]}], "all", sla_hours=1, escalate_to="boss")), {}
+        )
+        command_id = d.request(rid, "a", "delegate", delegate_to="boss")
+        now[0] = start + timedelta(hours=2)
+        assert sla.scan(session_factory.begin)["escalated"] == 1  # boss stands in for a
+        d.apply(command_id, "action")
+        with session_factory() as s:
+            assert s.get_one(RuntimeCommand, command_id).status == "refused"
+        assert d.tasks(rid) == {"alice": "completed", "a": "overdue", "boss": "pending"}
+        d.act(rid, "a")
+        assert d.status(rid) == "completed"
     finally:
         clock.set_clock(None)
 
