@@ -8,6 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 
 MAX_PAGE_SIZE = 200
+# Bounds the OFFSET a page asks the database for (well inside any SQL integer).
+MAX_PAGE = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class PageParams:
 
 
 def page_params(
-    page: Annotated[int, Query(ge=1, description="1-based page number")] = 1,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE, description="1-based page number")] = 1,
     page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
 ) -> PageParams:
     """Read and bound the page parameters."""

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from bflow_tasks.engine import documents
 from bflow_tasks.engine import webhooks as webhook_outbox
 
 
@@ -15,7 +16,25 @@ def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _storable(value: dict[str, Any]) -> dict[str, Any]:
+    problem = documents.json_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _utc_query(value: datetime) -> datetime:
+    try:
+        return _as_utc(value)
+    except OverflowError:
+        raise ValueError("out of range once converted to UTC") from None
+
+
 UTCDateTime = Annotated[datetime, AfterValidator(_as_utc)]
+# A time in a query string, as given (any offset) but within range in UTC.
+QueryTime = Annotated[datetime, AfterValidator(_utc_query)]
+# A document's fields: stored, then served back by every read of its runtime.
+Document = Annotated[dict[str, Any], AfterValidator(_storable)]
 Name = Annotated[str, Field(min_length=1, max_length=255)]
 
 
@@ -63,7 +82,7 @@ class RuntimeCreate(_Input):
     workflow_id: Annotated[str, Field(min_length=1, max_length=36)]
     document_type: Annotated[str, Field(min_length=1, max_length=100)]
     document_id: Name
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: Document = Field(default_factory=dict)
     submitted_by: Name
 
 
@@ -74,7 +93,7 @@ class RuntimeAccepted(BaseModel):
 
 class RuntimeResubmit(_Input):
     actor: Name
-    data: dict[str, Any] | None = None
+    data: Document | None = None
 
 
 class RuntimeCancel(_Input):
@@ -164,7 +183,7 @@ class TaskActionCreate(_Input):
     actor: Name
     comments: Annotated[str, Field(max_length=10_000)] | None = None
     delegate_to: Name | None = None
-    data: dict[str, Any] | None = None
+    data: Document | None = None
 
 
 class TaskActionAccepted(BaseModel):

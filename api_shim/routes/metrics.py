@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -15,9 +14,10 @@ from bflow_tasks.engine import metrics as metrics_engine
 router = APIRouter(prefix="/workflows", tags=["workflows"])
 
 From = Annotated[
-    datetime | None, Query(alias="from", description="window start (ISO 8601); default: 30 days before `to`")
+    schemas.QueryTime | None,
+    Query(alias="from", description="window start (ISO 8601); default: 30 days before `to`"),
 ]
-To = Annotated[datetime | None, Query(description="window end, exclusive (ISO 8601); default: now")]
+To = Annotated[schemas.QueryTime | None, Query(description="window end, exclusive (ISO 8601); default: now")]
 
 
 @router.get("/{workflow_id}/metrics", response_model=schemas.WorkflowMetricsRead)

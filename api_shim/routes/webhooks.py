@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -151,7 +150,9 @@ def recover(
     endpoint_id: str,
     session: SessionDep,
     tenant_id: TenantDep,
-    since: Annotated[datetime, Query(description="ISO-8601; replay failed deliveries created since")],
+    since: Annotated[
+        schemas.QueryTime, Query(description="ISO-8601; replay failed deliveries created since")
+    ],
 ) -> schemas.WebhookRecoverAccepted:
     """Replay every failed (dead-lettered) delivery of the endpoint created since a time."""
     replayed = endpoint_engine.recover(session, tenant_id=tenant_id, endpoint_id=endpoint_id, since=since)

@@ -49,7 +49,9 @@ def get_workflow(
     workflow_id: str,
     session: SessionDep,
     tenant_id: TenantDep,
-    version: Annotated[int | None, Query(ge=1, description="a past version; default: current")] = None,
+    version: Annotated[
+        int | None, Query(ge=1, le=2**31 - 1, description="a past version; default: current")
+    ] = None,
 ) -> schemas.WorkflowRead:
     """Return a workflow with the nodes and associations of its current (or given) version."""
     return reads.workflow_detail(session, tenant_id=tenant_id, workflow_id=workflow_id, version=version)

@@ -15,12 +15,14 @@ from pydantic import (
     model_validator,
 )
 
-from bflow_tasks.engine import conditions
+from bflow_tasks.engine import conditions, documents
 
 # Re-exported: callers know the problem type as definitions.DefinitionProblem.
 from bflow_tasks.engine.problems import DefinitionProblem as DefinitionProblem
 
 NodeAction = Literal["create", "approve", "todo", "receive", "end"]
+# Ten years: any due time it gives stays a valid date.
+MAX_HOURS = 24 * 366 * 10
 Outcome = Literal["approve", "reject", "return", "complete"]
 
 
@@ -106,9 +108,9 @@ class NodeDef(_Strict):
     key: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_\-]+$")
     name: str = Field(min_length=1, max_length=255)
     action: NodeAction
-    sla_hours: float | None = Field(default=None, gt=0)
+    sla_hours: float | None = Field(default=None, gt=0, le=MAX_HOURS)
     escalate_to: str | None = Field(default=None, min_length=1, max_length=255)
-    reminder_hours: float | None = Field(default=None, gt=0)
+    reminder_hours: float | None = Field(default=None, gt=0, le=MAX_HOURS)
     zones: list[str] = Field(default_factory=list)
     join: Literal["all", "any"] = "all"
     approvers: Approvers | None = None
@@ -164,6 +166,9 @@ class DefinitionError(Exception):
 
 def parse_definition(raw: Any) -> WorkflowDefinition:
     """Validate a raw definition (shape, then graph) and return it, or raise DefinitionError."""
+    problem = documents.json_problem(raw, max_depth=2 * documents.MAX_DEPTH)
+    if problem:
+        raise DefinitionError([DefinitionProblem(path="$", message=problem)])
     try:
         definition = WorkflowDefinition.model_validate(raw)
     except ValidationError as exc:

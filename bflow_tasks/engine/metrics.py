@@ -67,7 +67,13 @@ def workflow_metrics(
     """Return the tenant's workflow metrics for [start, end) (default: the last 30 days)."""
     get_workflow(session, tenant_id=tenant_id, workflow_id=workflow_id)  # NotFound for others' ids
     end = _naive(end) if end else clock.now()
-    start = _naive(start) if start else end - DEFAULT_WINDOW
+    try:
+        start = _naive(start) if start else end - DEFAULT_WINDOW
+    except OverflowError:
+        raise InvalidInput(
+            "the default window would start before year 1; give 'from'",
+            details=[{"path": "query.from", "message": "required this close to year 1"}],
+        ) from None
     if start >= end:
         raise InvalidInput(
             "'from' must be before 'to'", details=[{"path": "query.from", "message": "not before 'to'"}]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
@@ -102,6 +104,32 @@ def test_malformed_bodies_are_422_and_write_nothing(
     assert response.status_code == 422
     paths = {d["path"] for d in response.json()["error"]["details"]}
     assert paths == {"$.data", "$.submitted_by"}
+    assert_no_runtime_rows(api_engine)
+    assert queued_messages() == 0
+
+
+def test_a_document_that_could_not_be_served_back_is_422_and_writes_nothing(
+    client: TestClient, tenant: Tenant, workflow_id: str, api_engine: Engine
+) -> None:
+    deep: dict[str, object] = {"amount": 5}
+    for _ in range(40):
+        deep = {"nested": deep}
+    body = {"workflow_id": workflow_id, "document_type": "leave_request", "document_id": "LR-1"}
+    body |= {"submitted_by": "alice", "data": deep}
+    too_deep = client.post(f"{API}/runtime/execute", json=body, headers=tenant.headers)
+    assert too_deep.status_code == 422
+    assert too_deep.json()["error"]["details"][0]["path"] == "$.data"
+    assert "nested more than 32 levels deep" in too_deep.json()["error"]["details"][0]["message"]
+    headers = {**tenant.headers, "Content-Type": "application/json"}
+    for number in (b"NaN", b"Infinity", b"1e400"):
+        raw = (
+            json.dumps({**body, "data": {"amount": 0}})
+            .encode()
+            .replace(b'"amount": 0', b'"amount": ' + number)
+        )
+        response = client.post(f"{API}/runtime/execute", content=raw, headers=headers)
+        assert response.status_code == 422, number
+        assert "numbers must be finite" in response.json()["error"]["details"][0]["message"]
     assert_no_runtime_rows(api_engine)
     assert queued_messages() == 0
 

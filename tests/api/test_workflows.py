@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
@@ -37,6 +39,51 @@ def test_invalid_definition_is_422_with_every_problem_and_its_path(
     details = client.post(f"{API}/workflows", json=graph, headers=tenant.headers).json()["error"]["details"]
     assert any(d["path"] == "$.nodes" and "'end'" in d["message"] for d in details), details
     assert count(api_engine, Workflow) == 0
+
+
+def test_a_definition_that_could_not_be_served_back_is_422(
+    client: TestClient, tenant: Tenant, api_engine: Engine
+) -> None:
+    deep = leave_request_definition()
+    condition: dict[str, object] = {"var": "amount", "op": ">=", "value": 1000}
+    for _ in range(600):  # once a RecursionError (500) inside validation
+        condition = {"not": condition}
+    deep["associations"][-1]["condition"] = condition
+    response = client.post(f"{API}/workflows", json=deep, headers=tenant.headers)
+    assert response.status_code == 422
+    assert response.json()["error"]["details"] == [
+        {"path": "$", "message": "nested more than 64 levels deep"}
+    ]
+    long_sla = leave_request_definition()
+    long_sla["nodes"][1]["sla_hours"] = 1e300  # its due time would overflow every datetime
+    response = client.post(f"{API}/workflows", json=long_sla, headers=tenant.headers)
+    assert response.status_code == 422
+    assert response.json()["error"]["details"][0]["path"] == "$.nodes[1].sla_hours"
+    infinite = json.dumps(leave_request_definition()).replace(
+        '"name": "Leave request"', '"name": "x", "v": Infinity'
+    )
+    response = client.post(
+        f"{API}/workflows", content=infinite, headers={**tenant.headers, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert "numbers must be finite" in response.json()["error"]["details"][0]["message"]
+    assert count(api_engine, Workflow) == 0
+
+
+def test_out_of_range_query_values_are_refused_not_500(client: TestClient, tenant: Tenant) -> None:
+    workflow_id = post_workflow(client, tenant)["id"]
+    for url in (
+        f"{API}/workflows?page=99999999999999999999",
+        f"{API}/tasks?page=4611686018427387904",
+        f"{API}/workflows/{workflow_id}?version=99999999999999999999",
+        f"{API}/workflows/{workflow_id}/metrics?to=0001-01-01T00:30:00%2B01:00",
+    ):
+        assert client.get(url, headers=tenant.headers).status_code == 422, url
+    early = client.get(
+        f"{API}/workflows/{workflow_id}/metrics?to=0001-01-01T00:00:00", headers=tenant.headers
+    )
+    assert early.status_code == 400
+    assert early.json()["error"]["details"][0]["path"] == "query.from"
 
 
 def test_a_body_that_is_not_an_object_is_422(client: TestClient, tenant: Tenant) -> None:

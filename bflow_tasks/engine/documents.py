@@ -1,0 +1,25 @@
+"""What JSON the service stores: documents and definitions are read back and serialised
+again, so a value that cannot make that round trip is refused when it comes in."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+# Far deeper than any ERP document or workflow condition; shallow enough to serialise.
+MAX_DEPTH = 32
+
+
+def json_problem(value: Any, *, max_depth: int = MAX_DEPTH) -> str | None:
+    """Why `value` cannot be stored (nested too deep, a NaN or infinite number), or None."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:  # a loop, not recursion: the depth is what is being checked
+        item, depth = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return "numbers must be finite (NaN and Infinity are not JSON)"
+        if isinstance(item, dict | list):
+            if depth > max_depth:
+                return f"nested more than {max_depth} levels deep"
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return None
