@@ -65,6 +65,7 @@ def make_formatter(fmt: str | None = None) -> logging.Formatter:
 
 def log_config(fmt: str | None = None, level: str | None = None) -> dict[str, Any]:
     """A logging dictConfig for the shim (also fit for `uvicorn.run(log_config=...)`)."""
+    chosen = (level or settings.log_level).upper()
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -78,10 +79,11 @@ def log_config(fmt: str | None = None, level: str | None = None) -> dict[str, An
                 "filters": ["context"],
             }
         },
-        "root": {"handlers": ["default"], "level": (level or settings.log_level).upper()},
+        "root": {"handlers": ["default"], "level": chosen},
         # uvicorn's own config gives these loggers handlers and propagate=False: route them
         # through the root handler instead, so access lines carry the request's context too.
-        "loggers": {name: {"handlers": [], "propagate": True, "level": "INFO"} for name in UVICORN_LOGGERS},
+        # Same level as the root: a propagated record is not filtered by the root's level.
+        "loggers": {name: {"handlers": [], "propagate": True, "level": chosen} for name in UVICORN_LOGGERS},
     }
 
 
