@@ -182,7 +182,8 @@ def _refuse(
     command.status, command.error = "refused", reason
     # Free "one action per task" for the task's next action (if it is still open).
     command.dedupe_key = f"refused:{command.id}"
-    journal.log(session, runtime, "action.refused", actor=command.actor, assignee=assignee, message=reason)
+    actor = command.actor or assignee.user
+    journal.log(session, runtime, "action.refused", actor=actor, assignee=assignee, message=reason)
     return []
 
 

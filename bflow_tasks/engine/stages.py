@@ -49,17 +49,15 @@ def route(
         raise RuntimeFailed(f"no association out of '{stage.node_key}' matches outcome '{outcome}'")
     # Decide every branch before writing any: a branch whose approvers cannot be resolved
     # fails the runtime with nothing half-opened (and without a savepoint).
+    # Joins this route stops waiting for come first: the targets' own joins wait for them.
+    released = _joins_no_longer_waiting(runtime, definition, opening=targets)
     planned: list[tuple[str, list[dict[str, str]]]] = []
-    for key in dict.fromkeys(targets):  # an AND-split: every matching branch at once
+    for key in [*dict.fromkeys(targets), *released]:  # an AND-split: every matching branch at once
         node = definition.node(key)
         joining = len(definition.incoming(key)) > 1
-        if joining and not _join_passes(runtime, definition, key, stage, opening=[k for k, _ in planned]):
+        opening = [k for k in [*(k for k, _ in planned), *released] if k != key]
+        if joining and not _join_passes(runtime, definition, key, stage, opening=opening):
             continue
-        planned.append(
-            (key, approvers.resolve(session, runtime=runtime, node=node) if node.needs_people else [])
-        )
-    for key in _joins_no_longer_waiting(runtime, definition, opening=[k for k, _ in planned]):
-        node = definition.node(key)
         planned.append(
             (key, approvers.resolve(session, runtime=runtime, node=node) if node.needs_people else [])
         )

@@ -237,7 +237,9 @@ def test_join_all_opens_once_the_branch_it_waited_for_routes_elsewhere(d):
     assert d.status(rid) == "in_progress"
     d.act(rid, "boss")
     assert d.status(rid) == "completed"
-    assert [k for k, _, _ in d.stages(rid)].count("ceo") == 1
+    keys = [k for k, _, _ in d.stages(rid)]
+    assert keys.count("ceo") == 1
+    assert keys.count("done") == 1  # done, a join too, waited for ceo once ceo was coming
 
 
 # --- return, resubmit, delegate, cancel, zones --------------------------------------------------------
