@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI
 
-from api_shim import errors
+from api_shim import deps, errors
 from api_shim.limits import BodyLimit
 from api_shim.routes import health, metrics, prometheus, runtimes, tasks, webhooks, workflows
 from bflow_tasks.observability import http as observability
@@ -14,10 +14,10 @@ API_PREFIX = "/api/v1"
 
 
 def create_app() -> FastAPI:
-    """Build the shim: the routes under /api/v1, JSON errors, a request body limit."""
+    """Build the shim: the routes under /api/v1, JSON bodies and errors, a request body limit."""
     logs.configure_shim()
     app = FastAPI(
-        dependencies=[Depends(observability.bind_path_ids)],
+        dependencies=[Depends(observability.bind_path_ids), Depends(deps.require_json_body)],
         title="Bflow",
         summary="Approval workflows for ERP documents, carried by Celery",
         version="0.1.0",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from bflow_tasks.engine import documents
 from bflow_tasks.engine import webhooks as webhook_outbox
@@ -184,6 +184,16 @@ class TaskActionCreate(_Input):
     comments: Annotated[str, Field(max_length=10_000)] | None = None
     delegate_to: Name | None = None
     data: Document | None = None
+
+    @field_validator("delegate_to")
+    @classmethod
+    def _only_for_delegate(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # A stray `delegate_to` would be stored in the command as if it meant something, and
+        # the client probably meant `delegate`. (A delegate without one: the engine's 400.)
+        action = info.data.get("action")  # absent when the action itself was invalid
+        if value is not None and action is not None and action != "delegate":
+            raise ValueError(f"'delegate_to' is only allowed with action 'delegate', not '{action}'")
+        return value
 
 
 class TaskActionAccepted(BaseModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -47,7 +48,7 @@ class Target:
 
 
 def check_url(url: str, *, allow_private: bool) -> None:
-    """Refuse a URL at registration: bad scheme or host, or (unless allowed) a private address."""
+    """Refuse a URL at registration: bad scheme, host or characters, or (unless allowed) a private address."""
     if allow_private:
         _split(url)
     else:
@@ -104,6 +105,7 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 
 
 def _split(url: str) -> tuple[str, str, int]:
+    _refuse_invisible(url)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -115,3 +117,18 @@ def _split(url: str) -> tuple[str, str, int]:
     if not parts.hostname:
         raise UnsafeUrl("the URL has no host")
     return scheme, parts.hostname, port or SCHEMES[scheme]
+
+
+def _refuse_invisible(url: str) -> None:
+    # urlsplit silently drops tabs and newlines and strips leading spaces and control
+    # characters, so a URL that parses fine may still not be the URL stored and sent.
+    # Percent-encode them (%20, %0A) where they belong in a path or query.
+    for position, char in enumerate(url):
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cf"):
+            what = "a control character"
+        elif char.isspace() or category.startswith("Z"):
+            what = "whitespace"
+        else:
+            continue
+        raise UnsafeUrl(f"the URL contains {what} (U+{ord(char):04X}) at position {position}")

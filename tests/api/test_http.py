@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -12,7 +13,7 @@ from api_shim import reads
 from api_shim.app import create_app
 from bflow_tasks import db
 from bflow_tasks.settings import settings
-from tests.api.helpers import API, Tenant, assert_no_runtime_rows, post_workflow
+from tests.api.helpers import API, Tenant, assert_no_runtime_rows, post_workflow, queued_messages
 
 
 @pytest.mark.parametrize(
@@ -79,6 +80,41 @@ def test_a_streamed_body_under_the_limit_is_read_whole(client: TestClient, tenan
     headers = {**tenant.headers, "Content-Type": "application/json"}
     response = client.post(f"{API}/workflows", content=iter(parts), headers=headers)
     assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded"]
+)
+def test_a_json_body_sent_as_another_media_type_is_415_and_accepts_nothing(
+    content_type: str | None, client: TestClient, tenant: Tenant, api_engine: Engine
+) -> None:
+    workflow_id = post_workflow(client, tenant)["id"]
+    body = json.dumps(
+        {
+            "workflow_id": workflow_id,
+            "document_type": "leave_request",
+            "document_id": "LR-1",
+            "data": {"amount": 500},
+            "submitted_by": "alice",
+        }
+    )
+    headers = {**tenant.headers, **({"Content-Type": content_type} if content_type else {})}
+    url = f"{API}/runtime/execute"
+    response = client.post(url, content=body, headers=headers)
+    assert response.status_code == 415
+    given = f"'{content_type}'" if content_type else "none"
+    message = f"the request body must be JSON sent with Content-Type: application/json (got {given})"
+    assert response.json() == {
+        "error": {
+            "code": "unsupported_media_type",
+            "message": message,
+            "details": {"content_type": content_type},
+        }
+    }
+    assert_no_runtime_rows(api_engine)
+    assert queued_messages() == 0
+    as_json = {**tenant.headers, "Content-Type": "application/json; charset=utf-8"}
+    assert client.post(url, content=body, headers=as_json).status_code == 202
 
 
 def test_unexpected_errors_are_500_with_a_generic_message(

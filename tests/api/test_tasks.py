@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bflow_tasks.models import RuntimeCommand
@@ -81,6 +81,30 @@ def test_delegate_needs_someone_else(client: TestClient, tenant: Tenant, opened:
     assert missing.json()["error"]["details"] == [{"path": "$.delegate_to", "message": "required"}]
     assert act(client, tenant, task_id, action="delegate", actor="u1", delegate_to="u2").status_code == 409
     assert act(client, tenant, task_id, action="delegate", actor="u1", delegate_to="u9").status_code == 202
+
+
+@pytest.mark.parametrize("action", ["approve", "reject", "return"])
+def test_delegate_to_on_any_action_but_delegate_is_422_and_stores_nothing(
+    action: str, client: TestClient, tenant: Tenant, opened: OpenRuntime, api_engine: Engine
+) -> None:
+    task_id = opened.tasks["u1"]
+    response = act(client, tenant, task_id, action=action, actor="u1", delegate_to="u9")
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_input"
+    assert response.json()["error"]["details"] == [
+        {
+            "path": "$.delegate_to",
+            "message": f"Value error, 'delegate_to' is only allowed with action 'delegate', not '{action}'",
+        }
+    ]
+    assert count(api_engine, RuntimeCommand, kind="action") == 0
+    assert queued_messages() == 0
+    # An explicit null carries nothing: the action goes through, with nothing stored for it.
+    assert act(client, tenant, task_id, action=action, actor="u1", delegate_to=None).status_code == 202
+    stored = select(RuntimeCommand.payload).where(RuntimeCommand.kind == "action")
+    with api_engine.connect() as connection:
+        payload = connection.scalars(stored).one()
+    assert payload["action"] == action and payload["delegate_to"] is None
 
 
 def test_unknown_action_is_422(client: TestClient, tenant: Tenant, opened: OpenRuntime) -> None:

@@ -16,7 +16,7 @@ from bflow_tasks.webhooks import crypto, delivery
 from tests.api.helpers import API, Tenant, count, open_runtime, queued_messages
 from tests.webhooks.receiver import Receiver
 from tests.webhooks.support import deliveries, endpoint, register
-from tests.webhooks.test_ssrf import REFUSED_URLS
+from tests.webhooks.test_ssrf import INVISIBLE_URLS, REFUSED_URLS
 
 
 def test_register_list_get_delete_and_the_secret_is_shown_once(
@@ -90,6 +90,20 @@ def test_urls_to_internal_addresses_are_refused_at_registration(
         f"{API}/webhooks", json={"url": "https://93.184.215.14/hook"}, headers=tenant.headers
     )
     assert public.status_code == 201
+
+
+@pytest.mark.parametrize("url", INVISIBLE_URLS)
+def test_urls_with_control_characters_or_whitespace_are_422_and_register_nothing(
+    url: str, client: TestClient, tenant: Tenant, api_engine: Engine
+) -> None:
+    response = client.post(f"{API}/webhooks", json={"url": url, "events": ["*"]}, headers=tenant.headers)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_input"
+    assert error["message"].startswith("the URL may not receive webhooks: the URL contains ")
+    assert [d["path"] for d in error["details"]] == ["$.url"]
+    assert count(api_engine, WebhookEndpoint) == 0
+    assert queued_messages("webhooks") == 0
 
 
 def _deliveries_with_a_dead_letter(

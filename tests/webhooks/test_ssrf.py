@@ -89,6 +89,29 @@ def test_only_http_urls_with_a_host_are_accepted_even_when_private_targets_are(u
         ssrf.check_url(url, allow_private=True)
 
 
+# urlsplit drops or strips every one of these and parses the rest as if they were not there.
+INVISIBLE_URLS = [
+    "https://erp.example.com/hook\n",
+    "https://erp.example.com/ho\r\nok",
+    "https://erp.exa\tmple.com/hook",
+    "https://erp.example.com\x00/hook",
+    "https://erp.example.com/hook\x7f",
+    " https://erp.example.com/hook",
+    "https://erp.example.com/a hook",
+    "https://erp.example.com/\u00a0hook",
+    "https://erp.example.com/\u200bhook",
+]
+
+
+@pytest.mark.parametrize("url", INVISIBLE_URLS)
+def test_urls_with_control_characters_or_whitespace_are_refused(url: str) -> None:
+    for allow_private in (True, False):
+        with pytest.raises(ssrf.UnsafeUrl, match=r"the URL contains (a control character|whitespace) \(U\+"):
+            ssrf.check_url(url, allow_private=allow_private)
+        with pytest.raises(ssrf.UnsafeUrl, match="the URL contains"):
+            ssrf.resolve(url, allow_private=allow_private)
+
+
 def test_a_public_address_resolves_to_itself_with_the_host_kept() -> None:
     target = ssrf.resolve("https://93.184.215.14/hook", allow_private=False)
     assert target == ssrf.Target(scheme="https", host="93.184.215.14", port=443, address="93.184.215.14")
