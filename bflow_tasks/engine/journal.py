@@ -90,7 +90,8 @@ def emit(
     session.add(event)
     webhooks.fan_out(session, event)
     seconds = None
-    if event_type == "stage.completed" and stage is not None and stage.completed_at and stage.created_at:
+    # A cancelled stage (overtaken at an `any` join) did not take that long to decide.
+    if event_type == "stage.completed" and stage and stage.completed_at and stage.status == "completed":
         seconds = (stage.completed_at - stage.created_at).total_seconds()
     session.info.setdefault(EMITTED, []).append(
         {"type": event_type, "workflow_id": runtime.workflow_id, "node": data.get("node"), "seconds": seconds}

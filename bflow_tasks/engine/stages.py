@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from bflow_tasks.engine import approvers, clock, conditions, journal
 from bflow_tasks.engine.definitions import WorkflowDefinition
-from bflow_tasks.engine.graph import reachable_from
+from bflow_tasks.engine.graph import only_through, reachable_from
 from bflow_tasks.engine.workflows import load_definition, node_ids
 from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeStage, RuntimeViewer, new_id
 
@@ -61,7 +61,11 @@ def route(
         planned.append(
             (key, approvers.resolve(session, runtime=runtime, node=node) if node.needs_people else [])
         )
+    already_open = [s for s in runtime.stages if s.status == "open" and s.round == runtime.round]
     opened = [_open_node(session, runtime, definition, key, people) for key, people in planned]
+    for key, _ in planned:
+        if _is_any_join(definition, key):
+            _cancel_overtaken(session, runtime, definition, join=key, stages=already_open)
     _complete_if_done(session, runtime)
     return [new_stage.id for new_stage in opened if new_stage.status == "open"]
 
@@ -157,6 +161,35 @@ def _join_passes(
     return not any(key in reachable_from(definition, other) for other in [*still_open, *opening])
 
 
+def _is_any_join(definition: WorkflowDefinition, key: str) -> bool:
+    return definition.node(key).join == "any" and len(definition.incoming(key)) > 1
+
+
+def _cancel_overtaken(
+    session: Session,
+    runtime: Runtime,
+    definition: WorkflowDefinition,
+    *,
+    join: str,
+    stages: list[RuntimeStage],
+) -> None:
+    """Cancel the open stages whose only way on was the `any` join that has just opened.
+
+    The first branch to arrive decides for the join: an approval still asked of another
+    branch could only arrive there too (absorbed), yet its reject would still end the
+    document, and the runtime would wait for it before completing.
+    """
+    now = clock.now()
+    for stage in stages:
+        if stage.status != "open" or not only_through(definition, stage.node_key, join):
+            continue
+        stage.status, stage.completed_at = "cancelled", now
+        _cancel_pending([stage])
+        message = f"overtaken at the join '{join}'"
+        journal.log(session, runtime, "stage.cancelled", stage=stage, message=message)
+        journal.emit(session, runtime, "stage.completed", stage=stage, status="cancelled")
+
+
 def _targets(definition: WorkflowDefinition, node_key: str, outcome: str, data: dict[str, Any]) -> list[str]:
     """The nodes a stage of `node_key` routes to with this outcome, in definition order."""
     wanted = [outcome] + (["approve", "complete", None] if outcome in ("approve", "complete") else [])
@@ -182,8 +215,17 @@ def _joins_no_longer_waiting(
     for node in definition.nodes:
         if node.join != "all" or len(definition.incoming(node.key)) < 2 or node.key in opening:
             continue
-        # Arrivals since the join last opened (each opening absorbs the wave before it).
-        last_opened = max((s.sequence for s in this_round if s.node_key == node.key), default=0)
+        # Arrivals since the join last opened (each opening absorbs the wave before it), or
+        # since an `any` join that every path from it leads to opened (it overtook them).
+        last_opened = max(
+            (
+                s.sequence
+                for s in this_round
+                if s.node_key == node.key
+                or (_is_any_join(definition, s.node_key) and only_through(definition, node.key, s.node_key))
+            ),
+            default=0,
+        )
         arrived = any(
             s.status == "completed"
             and s.sequence > last_opened

@@ -206,14 +206,75 @@ def test_and_split_opens_both_branches_and_join_all_waits(d):
     assert [k for k, _, _ in d.stages(rid)].count("ceo") == 1
 
 
-def test_join_any_opens_on_first_arrival_once(d):
+def test_join_any_opens_on_first_arrival_and_cancels_the_branch_it_overtook(d):
     rid = d.submit(d.workflow(split_join("any")), {})
+    late = d.request(rid, "i1", "reject")  # admitted while it was still open
     d.act(rid, "l1")
-    assert d.stages(rid)[-1] == ("ceo", "open", None)
-    d.act(rid, "i1")  # the second branch arrives: absorbed, no second ceo stage
-    assert [k for k, _, _ in d.stages(rid)].count("ceo") == 1
+    assert d.stages(rid)[1:] == [
+        ("legal", "completed", "approve"),
+        ("it", "cancelled", None),
+        ("ceo", "open", None),
+    ]
+    assert d.tasks(rid)["i1"] == "cancelled"
+    d.apply(late, "action")  # its only way on was the join that has opened: refused, no reject
+    assert d.status(rid) == "in_progress"
+    d.act(rid, "boss")
+    assert d.status(rid) == "completed"  # did not wait for the branch it overtook
+    with d.sf() as s:
+        command = s.get_one(RuntimeCommand, late)
+        assert command.status == "refused"
+        events = s.scalars(
+            select(RuntimeEvent).where(RuntimeEvent.runtime_id == rid).order_by(RuntimeEvent.sequence)
+        ).all()
+        logs = s.scalars(select(RuntimeLog.action).where(RuntimeLog.runtime_id == rid)).all()
+    it_stage = next(e.data["stage_id"] for e in events if e.data.get("node") == "it")
+    ended = [(e.type, e.data.get("status")) for e in events if e.data.get("stage_id") == it_stage]
+    assert ended[-1] == ("stage.completed", "cancelled")  # consumers can close its inbox items
+    assert "stage.cancelled" in logs
+
+
+def test_join_any_leaves_open_a_branch_that_has_another_way_on(d):
+    flow = split_join("any")
+    flow["nodes"].insert(-1, approve_node("audit", [{"users": ["aud"]}]))
+    flow["associations"].append({"source": "it", "dest": "audit", "on": "reject"})
+    flow["associations"].append({"source": "audit", "dest": "done"})
+    rid = d.submit(d.workflow(flow), {})
+    d.act(rid, "l1")
+    assert ("it", "open", None) in d.stages(rid)  # a reject there still has somewhere to go
+    d.act(rid, "boss")
+    assert d.status(rid) == "in_progress"
+    d.act(rid, "i1", "reject")
+    assert d.stages(rid)[-1] == ("audit", "open", None)
+
+
+def test_join_any_overtaking_a_waiting_all_join_does_not_open_it_later(d):
+    # submit -> a, b, fast; a + b -> both (join all) -> ceo; fast -> ceo (join any)
+    flow = definition(
+        [
+            approve_node("a", [{"users": ["ua"]}]),
+            approve_node("b", [{"users": ["ub"]}]),
+            approve_node("fast", [{"users": ["uf"]}]),
+            approve_node("both", [{"users": ["ubo"]}], join="all"),
+            approve_node("ceo", [{"users": ["boss"]}], join="any"),
+        ],
+        [
+            {"source": "submit", "dest": "a"},
+            {"source": "submit", "dest": "b"},
+            {"source": "submit", "dest": "fast"},
+            {"source": "a", "dest": "both"},
+            {"source": "b", "dest": "both"},
+            {"source": "both", "dest": "ceo"},
+            {"source": "fast", "dest": "ceo"},
+            {"source": "ceo", "dest": "done"},
+        ],
+    )
+    rid = d.submit(d.workflow(flow), {})
+    d.act(rid, "ua")  # both waits for b
+    d.act(rid, "uf")  # ceo opens and overtakes b (and the wave waiting at both)
+    assert ("b", "cancelled", None) in d.stages(rid)
     d.act(rid, "boss")
     assert d.status(rid) == "completed"
+    assert "both" not in [k for k, _, _ in d.stages(rid)]
 
 
 def test_join_all_does_not_wait_for_a_branch_whose_condition_was_false(d):
