@@ -162,19 +162,21 @@ def _check_in_process_workers() -> tuple[dict[str, schemas.CheckRead], dict[str,
     # memory:// lives inside this process, so only a worker thread of this process can consume
     # it (`bflow dev`, `bflow demo`). A control broadcast would reach it too, but the solo pool
     # answers only between tasks, so a slow webhook would look like a dead worker: ask the
-    # thread directly. A process that runs no embedded worker (a test client) has none to report.
+    # thread directly. A process that runs none (bare `uvicorn` on the embedded default)
+    # accepts work that nothing will ever carry: that is a failing check, not a healthy shim.
     started = time.perf_counter()
     found = embedded.running_queues()
-    if not found and not embedded.has_workers():
-        return {}, None
+    if embedded.has_workers():
+        missing = "the in-process worker does not consume {queue}"
+    else:
+        missing = (
+            "no worker consumes {queue}: the memory:// broker lives in this process, which runs no "
+            "worker (run `bflow dev`, or set BFLOW_BROKER_URL and start workers)"
+        )
     checks = {
         f"workers.{queue}": schemas.CheckRead(status="ok", latency_ms=_since(started))
         if queue in found
-        else schemas.CheckRead(
-            status="error",
-            latency_ms=_since(started),
-            error=f"the in-process worker does not consume {queue}",
-        )
+        else schemas.CheckRead(status="error", latency_ms=_since(started), error=missing.format(queue=queue))
         for queue in QUEUES
     }
     return checks, {queue: found.get(queue, []) for queue in QUEUES}

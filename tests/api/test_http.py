@@ -133,12 +133,24 @@ def test_unexpected_errors_are_500_with_a_generic_message(
 
 
 def test_health_needs_no_token_and_reports_each_check(client: TestClient) -> None:
-    response = client.get(f"{API}/health")
+    response = client.get(f"{API}/health/ready")
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok"
     assert set(body["checks"]) == {"database", "broker"}
     assert all(c["status"] == "ok" and c["latency_ms"] >= 0 for c in body["checks"].values())
+
+
+def test_health_on_the_in_process_broker_without_a_worker_is_503(client: TestClient) -> None:
+    # Bare `uvicorn api_shim.app:app` on the embedded default: the memory:// broker lives in
+    # this process and nothing here consumes it, so accepted work would never be carried.
+    response = client.get(f"{API}/health")
+    assert response.status_code == 503
+    body = response.json()
+    failing = ["workers.maintenance", "workers.webhooks", "workers.workflow"]
+    assert body["error"]["details"] == {"failing": failing}
+    assert "run `bflow dev`" in body["checks"]["workers.workflow"]["error"]
+    assert body["checks"]["database"]["status"] == body["checks"]["broker"]["status"] == "ok"
 
 
 @pytest.mark.usefixtures("broker_down")
