@@ -67,6 +67,10 @@ def apply_action(session: Session, *, command_id: str) -> list[str]:
         return _refuse(
             session, runtime, command, assignee, f"task is {assignee.status}, stage {stage.status}"
         )
+    if stage.started_at is None:
+        # Acted on before the stage's opening chord finished (a header task behind a backlog,
+        # or lost with a killed worker): finish the opening first, so its events come first.
+        stages.finish_opening(session, runtime, stage)
     if action == "delegate":
         # Admission checked this too, but another delegation or an escalation stand-in
         # may have given the same user a place on this stage since.

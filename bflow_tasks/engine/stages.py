@@ -350,6 +350,18 @@ def mark_started(session: Session, runtime: Runtime, stage: RuntimeStage) -> boo
     return True
 
 
+def finish_opening(session: Session, runtime: Runtime, stage: RuntimeStage) -> None:
+    """Create whatever tasks a stage's opening chord has not yet created, and start it.
+
+    For an action on a stage still being opened: its events then keep their order (every
+    `task.assigned` and `stage.started` before any `task.completed`). The late header tasks
+    find their tasks made, and the chord body finds the stage started.
+    """
+    for planned in stage.approvers:
+        add_assignee(session, runtime, stage, user=planned["user"])
+    mark_started(session, runtime, stage)
+
+
 def outcome_reached(stage: RuntimeStage, *, action: str) -> str | None:
     """Return the stage's outcome once its mode is satisfied, or None while it waits."""
     if action in ("reject", "return"):
@@ -366,12 +378,6 @@ def outcome_reached(stage: RuntimeStage, *, action: str) -> str | None:
 def complete_stage(session: Session, runtime: Runtime, stage: RuntimeStage, *, outcome: str) -> None:
     """Close a stage with its outcome and cancel the tasks it no longer needs."""
     now = clock.now()
-    if stage.started_at is None:
-        # Completed before its opening chord finished (an `any` stage approved by the first
-        # assignee while a killed worker held the rest): it did start, so say so, in order.
-        stage.started_at = now
-        journal.log(session, runtime, "stage.started", stage=stage)
-        journal.emit(session, runtime, "stage.started", stage=stage, status="open")
     stage.status, stage.outcome, stage.completed_at = "completed", outcome, now
     _cancel_pending([stage])
     journal.log(session, runtime, "stage.completed", stage=stage, details={"outcome": outcome})

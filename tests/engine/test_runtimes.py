@@ -661,6 +661,31 @@ def test_a_stage_completed_before_its_opening_finished_still_reports_its_start(d
     assert types.count("stage.started") == 1
 
 
+def test_an_action_on_a_stage_still_opening_finishes_the_opening_first(d, session_factory):
+    workflow_id = d.workflow(single_stage([{"users": ["a", "b"]}], "all"))
+    rid, stage_id = started_but_unopened(d, session_factory, workflow_id, "acted-early")
+    with session_factory.begin() as s:
+        runtimes.assign(s, stage_id=stage_id, user="a")  # b's header task is still queued
+    d.act(rid, "a")
+    with session_factory.begin() as s:
+        runtimes.assign(s, stage_id=stage_id, user="b")  # it runs late: nothing to add
+        runtimes.mark_started(s, stage_ids=[stage_id])  # and so does the chord body
+    with session_factory() as s:
+        events = s.scalars(
+            select(RuntimeEvent).where(RuntimeEvent.runtime_id == rid).order_by(RuntimeEvent.sequence)
+        ).all()
+    assert [(e.type, e.data.get("assignee")) for e in events] == [
+        ("runtime.created", None),
+        ("task.assigned", "a"),
+        ("task.assigned", "b"),
+        ("stage.started", None),
+        ("task.completed", "a"),
+    ]
+    assert d.tasks(rid) == {"alice": "completed", "a": "completed", "b": "pending"}
+    d.act(rid, "b")
+    assert d.status(rid) == "completed"
+
+
 def test_the_sweep_resends_lost_work_with_a_doubling_wait(d, session_factory):
     rid = d.submit(d.workflow(single_stage([{"users": ["a"]}])), {})
     d.request(rid, "a", "approve")  # admitted; its message is lost
