@@ -4,19 +4,73 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 import sys
 from typing import Any
 
 import click
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from bflow_tasks.settings import settings
+
+# Commands that bring the schema up themselves: a missing table there is a bug to show whole.
+MIGRATING_COMMANDS = frozenset({"db", "demo", "dev"})
+# MySQL/MariaDB: ER_NO_SUCH_TABLE, ER_BAD_FIELD_ERROR (what an older schema answers).
+MYSQL_MISSING_SCHEMA_CODES = frozenset({1146, 1054})
 
 
 def _emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
     click.echo(json.dumps(payload, default=str) if as_json else text)
 
 
-@click.group()
+def _is_missing_schema(exc: DBAPIError) -> bool:
+    """True when the database answered "no such table/column" (SQLite, MySQL/MariaDB)."""
+    orig = exc.orig
+    if isinstance(orig, sqlite3.OperationalError):
+        return str(orig).startswith(("no such table", "no such column"))
+    code = orig.args[0] if orig is not None and orig.args else None
+    return isinstance(code, int) and code in MYSQL_MISSING_SCHEMA_CODES
+
+
+def schema_problem(url: str) -> str | None:
+    """Say why the database at `url` lacks this bflow's schema (none, or an older one), or None."""
+    from alembic.script import ScriptDirectory
+
+    from bflow_tasks import migrations
+
+    at = migrations.current(url)
+    heads = ScriptDirectory.from_config(migrations.alembic_config()).get_heads()
+    where = make_url(url).render_as_string(hide_password=True)
+    if at is None:
+        return f"the database at {where} has no Bflow schema: run `bflow db upgrade` first"
+    if at not in heads:
+        return (
+            f"the database at {where} is at revision {at}, this bflow needs {', '.join(heads)}:"
+            " run `bflow db upgrade` first"
+        )
+    return None
+
+
+class BflowGroup(click.Group):
+    """The top-level group: an unmigrated database is one line on stderr, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DBAPIError as exc:
+            if ctx.invoked_subcommand in MIGRATING_COMMANDS or not _is_missing_schema(exc):
+                raise
+            try:
+                problem = schema_problem(settings.database_url)
+            except Exception:  # cannot even read the revision: the original error says more
+                problem = None
+            if problem is None:  # the schema is current, so the missing table is a bug: show it
+                raise
+            raise click.ClickException(problem) from None
+
+
+@click.group(cls=BflowGroup)
 def main() -> None:
     """Bflow: approval workflows for ERP documents, carried by Celery."""
 
@@ -81,6 +135,7 @@ def workflow_import(file: Any, tenant_id: str, as_json: bool) -> None:
     from bflow_tasks.db import session_scope
     from bflow_tasks.engine import workflows
     from bflow_tasks.engine.definitions import DefinitionError
+    from bflow_tasks.models import Tenant
 
     try:
         raw = json.load(file)
@@ -88,6 +143,8 @@ def workflow_import(file: Any, tenant_id: str, as_json: bool) -> None:
         raise click.ClickException(f"{file.name} is not JSON: {exc}") from None
     try:
         with session_scope() as session:
+            if session.get(Tenant, tenant_id) is None:
+                raise click.ClickException(f"unknown tenant {tenant_id}")
             created, version = workflows.create_workflow(session, tenant_id=tenant_id, raw=raw)
             result = {"id": created.id, "name": created.name, "version": version.version}
     except DefinitionError as exc:

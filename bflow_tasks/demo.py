@@ -11,6 +11,7 @@ import json
 import socket
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from bflow_tasks.settings import settings
 
 MANAGERS = ["mai", "minh", "lan"]
 WAIT_SECONDS = 60
+EXPECTED_STATUSES = ["completed", "completed", "completed", "rejected"]
 
 DEMO_WORKFLOW: dict[str, Any] = {
     "name": "Leave request",
@@ -202,13 +204,19 @@ def _events_of(tenant_id: str) -> int:
 
 def run_demo(*, as_json: bool = False) -> int:
     """Run the demo end to end; return the process exit code."""
-    migrations.upgrade(settings.database_url)
-    # The demo's webhook receiver listens on loopback, which production refuses (SSRF guard).
-    settings.webhook_allow_private = True
-    with session_scope() as session:
-        tenant, token = tenants.create_tenant(session, name="Demo Co")
+    tenant_id: str | None = None
+    receiver: Receiver | None = None
+    runtimes: list[dict[str, Any]] = []
+    failure: str | None = None
     started = time.monotonic()
     try:
+        migrations.upgrade(settings.database_url)
+        # The demo's webhook receiver listens on loopback, which production refuses (SSRF guard).
+        settings.webhook_allow_private = True
+        with session_scope() as session:
+            tenant, token = tenants.create_tenant(session, name="Demo Co")
+        tenant_id = tenant.id
+        started = time.monotonic()
         with Receiver() as receiver, worker_and_beat(), _shim_on_loopback() as base_url:
             client = Client(base_url, token)
             hook = client.call("POST", "/webhooks", 201, json={"url": receiver.url, "events": ["*"]})
@@ -216,31 +224,19 @@ def run_demo(*, as_json: bool = False) -> int:
             runtimes = _scenario(client)
             _wait(lambda: len(receiver.events) >= _events_of(tenant.id) > 0, "every event's webhook")
     except DemoFailed as exc:
-        print(f"demo failed: {exc}")
-        return 1
+        failure = str(exc)
+    except Exception as exc:
+        if not as_json:
+            raise
+        # --json promises one object on stdout whatever happens; the traceback goes to stderr.
+        traceback.print_exc()
+        failure = f"{type(exc).__name__}: {exc}"
     elapsed = time.monotonic() - started
-    expected = ["completed", "completed", "completed", "rejected"]
-    webhooks_ok = receiver.rejected == 0 and receiver.in_order()
-    ok = [r["status"] for r in runtimes] == expected and webhooks_ok
+    error = failure or _unexpected(runtimes, receiver)
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "ok": ok,
-                    "tenant_id": tenant.id,
-                    "seconds": round(elapsed, 3),
-                    "webhooks": {
-                        "received": len(receiver.events),
-                        "rejected": receiver.rejected,
-                        "in_order": receiver.in_order(),
-                    },
-                    "runtimes": [
-                        {"id": r["id"], "document_id": r["document_id"], "status": r["status"]}
-                        for r in runtimes
-                    ],
-                }
-            )
-        )
+        print(json.dumps(_summary(error, tenant_id, elapsed, receiver, runtimes)))
+    elif failure is not None or receiver is None:
+        print(f"demo failed: {failure}")
     else:
         print(f"Bflow demo on {settings.database_url} with broker {settings.broker_url}\n")
         for runtime in runtimes:
@@ -251,5 +247,43 @@ def run_demo(*, as_json: bool = False) -> int:
             f" ({receiver.rejected} rejected), {'in' if receiver.in_order() else 'OUT OF'} sequence order"
             f" per runtime\n  types: {', '.join(kinds)}"
         )
-        print(f"{len(runtimes)} documents, {'as expected' if ok else 'NOT as expected'}, in {elapsed:.1f} s")
-    return 0 if ok else 1
+        verdict = "as expected" if error is None else "NOT as expected"
+        print(f"{len(runtimes)} documents, {verdict}, in {elapsed:.1f} s")
+    return 0 if error is None else 1
+
+
+def _unexpected(runtimes: list[dict[str, Any]], receiver: Receiver | None) -> str | None:
+    """Say what a demo that ran to the end got wrong, or None when all is as expected."""
+    statuses = [r["status"] for r in runtimes]
+    problems = []
+    if statuses != EXPECTED_STATUSES:
+        problems.append(f"runtimes ended {', '.join(statuses)} (expected {', '.join(EXPECTED_STATUSES)})")
+    if receiver is not None and receiver.rejected:
+        problems.append(f"{receiver.rejected} webhook(s) failed verification")
+    if receiver is not None and not receiver.in_order():
+        problems.append("webhooks arrived out of sequence order")
+    return "; ".join(problems) or None
+
+
+def _summary(
+    error: str | None,
+    tenant_id: str | None,
+    elapsed: float,
+    receiver: Receiver | None,
+    runtimes: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Build the --json object: the same keys whether the demo succeeded or not."""
+    return {
+        "ok": error is None,
+        "error": error,
+        "tenant_id": tenant_id,
+        "seconds": round(elapsed, 3),
+        "webhooks": {
+            "received": len(receiver.events) if receiver else 0,
+            "rejected": receiver.rejected if receiver else 0,
+            "in_order": receiver.in_order() if receiver else True,
+        },
+        "runtimes": [
+            {"id": r["id"], "document_id": r["document_id"], "status": r["status"]} for r in runtimes
+        ],
+    }

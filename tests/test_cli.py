@@ -5,21 +5,27 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, inspect, text
 
+from bflow_tasks import cli, migrations
+from tests import services
 from tests.factories import leave_request_definition
 
 BFLOW = shutil.which("bflow", path=str(Path(sys.executable).parent)) or "bflow"
 
 
-def run(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run `bflow ARGS` in tmp_path with no BFLOW_* setting but an SQLite file there."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BFLOW_")}
-    env["BFLOW_DATABASE_URL"] = f"sqlite:///{tmp_path / 'bflow.db'}"
+def run(
+    tmp_path: Path, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `bflow ARGS` in tmp_path with no BFLOW_* setting but an SQLite file there (and `env`)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BFLOW_")}
+    env = {**base, "BFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'bflow.db'}", **(env or {})}
     return subprocess.run(
         [BFLOW, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -45,7 +51,7 @@ def test_demo_json_prints_one_object(tmp_path):
     result = run(tmp_path, "demo", "--json", timeout=180)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["ok"] is True
+    assert summary["ok"] is True and summary["error"] is None
     assert [r["status"] for r in summary["runtimes"]] == ["completed", "completed", "completed", "rejected"]
     assert summary["webhooks"]["received"] > 40
     assert summary["webhooks"]["rejected"] == 0 and summary["webhooks"]["in_order"] is True
@@ -81,3 +87,102 @@ def test_workflow_import_reports_every_problem_with_its_path(tmp_path, tenant_id
     result = run(tmp_path, "workflow", "import", str(path), "--tenant", tenant_id)
     assert result.returncode == 1
     assert "$.associations[0].dest" in result.stderr
+
+
+def test_workflow_import_to_an_unknown_tenant_is_a_one_line_error(tmp_path, tenant_id):
+    path = tmp_path / "leave.json"
+    path.write_text(json.dumps(leave_request_definition()))
+    result = run(tmp_path, "workflow", "import", str(path), "--tenant", "no-such-tenant", "--json")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.strip() == "Error: unknown tenant no-such-tenant"
+
+
+# --- a database without the schema ---------------------------------------------------------
+
+
+def _drop_all_tables(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("SET FOREIGN_KEY_CHECKS=0"))
+        for name in inspect(conn).get_table_names():
+            conn.execute(text(f"DROP TABLE `{name}`"))
+        conn.execute(text("SET FOREIGN_KEY_CHECKS=1"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database with no table at all: `bflow db upgrade` never ran on it."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'empty.db'}"
+    url = services.mysql_url(database="bflow_cli_test" + os.environ.get("BFLOW_TEST_DB_SUFFIX", ""))
+    _drop_all_tables(url)
+    return url
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("tenant", "create", "acme", "--json"),
+        ("workflow", "import", "leave.json", "--tenant", "t1"),
+        ("workflow", "show", "w1", "--mermaid"),
+        ("archive", "--dry-run"),
+    ],
+    ids=lambda command: " ".join(command[:2]),
+)
+def test_an_unmigrated_database_is_one_line_saying_how_to_migrate(tmp_path, empty_database_url, command):
+    (tmp_path / "leave.json").write_text(json.dumps(leave_request_definition()))
+    result = run(tmp_path, *command, env={"BFLOW_DATABASE_URL": empty_database_url})
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: the database at ") and "has no Bflow schema" in line, line
+    assert "run `bflow db upgrade`" in line
+
+
+def test_a_database_behind_the_code_is_named_with_its_revision(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrations.upgrade(url, "0001")
+    problem = cli.schema_problem(url)
+    assert problem is not None
+    assert "at revision 0001" in problem and "run `bflow db upgrade`" in problem
+    migrations.upgrade(url)
+    assert cli.schema_problem(url) is None
+
+
+def test_a_missing_table_in_a_migrated_database_is_not_disguised(tmp_path):
+    """Only an unmigrated database gets the one-liner: a real bug keeps its traceback."""
+    assert run(tmp_path, "db", "upgrade").returncode == 0
+    with sqlite3.connect(tmp_path / "bflow.db") as conn:
+        conn.execute("DROP TABLE runtime_viewer")
+    result = run(tmp_path, "archive", "--dry-run")
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "no such table: runtime_viewer" in result.stderr
+
+
+# --- the demo's --json on failure ----------------------------------------------------------
+
+SUMMARY_KEYS = {"ok", "error", "tenant_id", "seconds", "webhooks", "runtimes"}
+
+
+def test_demo_json_reports_a_failed_demo_as_one_object(tmp_path):
+    # A body limit below a definition's size: the shim answers the demo's POST /workflows 413.
+    result = run(tmp_path, "demo", "--json", env={"BFLOW_MAX_BODY_BYTES": "200"}, timeout=180)
+    assert result.returncode == 1, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["ok"] is False
+    assert summary["error"].startswith("POST /workflows answered 413")
+    assert summary["tenant_id"] and summary["runtimes"] == []
+
+
+def test_demo_json_reports_an_unexpected_error_as_one_object(tmp_path):
+    database = tmp_path / "no-such-directory" / "bflow.db"
+    result = run(tmp_path, "demo", "--json", env={"BFLOW_DATABASE_URL": f"sqlite:///{database}"})
+    assert result.returncode == 1, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["ok"] is False and summary["tenant_id"] is None
+    assert "unable to open database file" in summary["error"]
+    assert "Traceback" in result.stderr  # the details stay on stderr
