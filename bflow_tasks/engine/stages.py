@@ -51,21 +51,26 @@ def route(
     # fails the runtime with nothing half-opened (and without a savepoint).
     # Joins this route stops waiting for come first: the targets' own joins wait for them.
     released = _joins_no_longer_waiting(runtime, definition, opening=targets)
-    planned: list[tuple[str, list[dict[str, str]]]] = []
+    keys: list[str] = []
     for key in [*dict.fromkeys(targets), *released]:  # an AND-split: every matching branch at once
-        node = definition.node(key)
         joining = len(definition.incoming(key)) > 1
-        opening = [k for k in [*(k for k, _ in planned), *released] if k != key]
+        opening = [k for k in [*keys, *released] if k != key]
         if joining and not _join_passes(runtime, definition, key, stage, opening=opening):
             continue
+        keys.append(key)
+    any_joins = [key for key in keys if _is_any_join(definition, key)]
+    # A branch whose only way on is an `any` join opening now would only be absorbed there.
+    planned: list[tuple[str, list[dict[str, str]]]] = []
+    for key in keys:
+        if _overtaken_by(definition, key, any_joins):
+            continue
+        node = definition.node(key)
         planned.append(
             (key, approvers.resolve(session, runtime=runtime, node=node) if node.needs_people else [])
         )
-    already_open = [s for s in runtime.stages if s.status == "open" and s.round == runtime.round]
     opened = [_open_node(session, runtime, definition, key, people) for key, people in planned]
-    for key, _ in planned:
-        if _is_any_join(definition, key):
-            _cancel_overtaken(session, runtime, definition, join=key, stages=already_open)
+    for join in any_joins:
+        _cancel_overtaken(session, runtime, definition, join=join)
     _complete_if_done(session, runtime)
     return [new_stage.id for new_stage in opened if new_stage.status == "open"]
 
@@ -165,13 +170,13 @@ def _is_any_join(definition: WorkflowDefinition, key: str) -> bool:
     return definition.node(key).join == "any" and len(definition.incoming(key)) > 1
 
 
+def _overtaken_by(definition: WorkflowDefinition, key: str, any_joins: Iterable[str]) -> bool:
+    """True if every way on from `key` passes one of these `any` joins (other than itself)."""
+    return any(join != key and only_through(definition, key, join) for join in any_joins)
+
+
 def _cancel_overtaken(
-    session: Session,
-    runtime: Runtime,
-    definition: WorkflowDefinition,
-    *,
-    join: str,
-    stages: list[RuntimeStage],
+    session: Session, runtime: Runtime, definition: WorkflowDefinition, *, join: str
 ) -> None:
     """Cancel the open stages whose only way on was the `any` join that has just opened.
 
@@ -179,11 +184,13 @@ def _cancel_overtaken(
     branch could only arrive there too (absorbed), yet its reject would still end the
     document, and the runtime would wait for it before completing.
     """
-    now = clock.now()
-    for stage in stages:
-        if stage.status != "open" or not only_through(definition, stage.node_key, join):
+    this_round = [s for s in runtime.stages if s.round == runtime.round and s.status == "open"]
+    for stage in this_round:
+        if not _overtaken_by(definition, stage.node_key, [join]):
             continue
-        stage.status, stage.completed_at = "cancelled", now
+        if stage.started_at is None:
+            _start(session, runtime, stage)  # its opening was under way: it did start, in order
+        stage.status, stage.completed_at = "cancelled", clock.now()
         _cancel_pending([stage])
         message = f"overtaken at the join '{join}'"
         journal.log(session, runtime, "stage.cancelled", stage=stage, message=message)
@@ -344,10 +351,14 @@ def mark_started(session: Session, runtime: Runtime, stage: RuntimeStage) -> boo
     assigned = {task.user for task in stage.assignees}
     if not {planned["user"] for planned in stage.approvers} <= assigned:
         return False
+    _start(session, runtime, stage)
+    return True
+
+
+def _start(session: Session, runtime: Runtime, stage: RuntimeStage) -> None:
     stage.started_at = clock.now()
     journal.log(session, runtime, "stage.started", stage=stage)
     journal.emit(session, runtime, "stage.started", stage=stage, status="open")
-    return True
 
 
 def finish_opening(session: Session, runtime: Runtime, stage: RuntimeStage) -> None:

@@ -247,6 +247,80 @@ def test_join_any_leaves_open_a_branch_that_has_another_way_on(d):
     assert d.stages(rid)[-1] == ("audit", "open", None)
 
 
+def test_join_any_opening_with_a_release_keeps_the_overtaken_all_join_closed(d):
+    # submit -> a, b; a + b -> both (join all) -> ceo (join any); b -reject-> ceo
+    flow = definition(
+        [
+            approve_node("a", [{"users": ["ua"]}]),
+            approve_node("b", [{"users": ["ub"]}]),
+            approve_node("both", [{"users": ["ubo"]}], join="all"),
+            approve_node("ceo", [{"users": ["boss"]}], join="any"),
+        ],
+        [
+            {"source": "submit", "dest": "a"},
+            {"source": "submit", "dest": "b"},
+            {"source": "a", "dest": "both"},
+            {"source": "b", "dest": "both"},
+            {"source": "b", "dest": "ceo", "on": "reject"},
+            {"source": "both", "dest": "ceo"},
+            {"source": "ceo", "dest": "done"},
+        ],
+    )
+    rid = d.submit(d.workflow(flow), {})
+    d.act(rid, "ua")  # both waits for b
+    d.act(rid, "ub", "reject")  # b routes to ceo, which opens: both, behind it, stays closed
+    assert "both" not in [k for k, _, _ in d.stages(rid)]
+    d.act(rid, "boss")
+    assert d.status(rid) == "completed"
+    assert [k for k, _, _ in d.stages(rid)].count("ceo") == 1
+
+
+def test_join_any_opening_with_a_branch_that_leads_only_to_it_does_not_open_that_branch(d):
+    flow = definition(
+        [
+            approve_node("ceo", [{"users": ["boss"]}], join="any"),
+            approve_node("legal", [{"users": ["l1"]}]),
+        ],
+        [
+            {"source": "submit", "dest": "ceo"},
+            {"source": "submit", "dest": "legal"},
+            {"source": "legal", "dest": "ceo"},
+            {"source": "ceo", "dest": "done"},
+        ],
+    )
+    rid = d.submit(d.workflow(flow), {})
+    assert [k for k, _, _ in d.stages(rid)] == ["submit", "ceo"]
+    d.act(rid, "boss")
+    assert d.status(rid) == "completed"
+
+
+def test_join_any_overtaking_a_stage_still_opening_starts_it_before_cancelling_it(d, session_factory):
+    workflow_id = d.workflow(split_join("any"))
+    with session_factory.begin() as s:
+        runtime, command = admission.submit(
+            s,
+            tenant_id=d.tenant_id,
+            workflow_id=workflow_id,
+            document_type="leave_request",
+            document_id="overtaken-early",
+            data={},
+            submitted_by="alice",
+        )
+        rid, start_id = runtime.id, command.id
+    with session_factory.begin() as s:
+        legal_id, it_id = runtimes.start(s, command_id=start_id)
+        runtimes.assign(s, stage_id=legal_id, user="l1")  # it's header task is still queued
+    d.act(rid, "l1")
+    with session_factory.begin() as s:
+        assert runtimes.assign(s, stage_id=it_id, user="i1") is None  # late: nothing to add
+    with session_factory() as s:
+        events = s.scalars(
+            select(RuntimeEvent).where(RuntimeEvent.runtime_id == rid).order_by(RuntimeEvent.sequence)
+        ).all()
+    it_events = [(e.type, e.data.get("status")) for e in events if e.data.get("stage_id") == it_id]
+    assert it_events == [("stage.started", "open"), ("stage.completed", "cancelled")]
+
+
 def test_join_any_overtaking_a_waiting_all_join_does_not_open_it_later(d):
     # submit -> a, b, fast; a + b -> both (join all) -> ceo; fast -> ceo (join any)
     flow = definition(
