@@ -218,21 +218,17 @@ def _joins_no_longer_waiting(
     """
     this_round = [s for s in runtime.stages if s.round == runtime.round]
     reachable = [s.node_key for s in this_round if s.status == "open"] + opening
+    any_join_openings = [s for s in this_round if _is_any_join(definition, s.node_key)]
     ready = []
     for node in definition.nodes:
         if node.join != "all" or len(definition.incoming(node.key)) < 2 or node.key in opening:
             continue
         # Arrivals since the join last opened (each opening absorbs the wave before it), or
         # since an `any` join that every path from it leads to opened (it overtook them).
-        last_opened = max(
-            (
-                s.sequence
-                for s in this_round
-                if s.node_key == node.key
-                or (_is_any_join(definition, s.node_key) and only_through(definition, node.key, s.node_key))
-            ),
-            default=0,
-        )
+        opened = [s for s in this_round if s.node_key == node.key] + [
+            s for s in any_join_openings if _overtaken_by(definition, node.key, [s.node_key])
+        ]
+        last_opened = max((s.sequence for s in opened), default=0)
         arrived = any(
             s.status == "completed"
             and s.sequence > last_opened
