@@ -266,8 +266,15 @@ def _check_zones(session: Session, runtime: Runtime, node_key: str, data: dict[s
 
 
 def _insert(session: Session, row: Runtime | RuntimeCommand) -> None:
-    columns = {c.key: getattr(row, c.key) for c in row.__mapper__.column_attrs}
-    session.execute(insert(type(row)).values({k: v for k, v in columns.items() if v is not None}))
+    # Executed on the session's connection with the values as parameters, so it takes the
+    # Core path and its compiled form is cached per column set. Through `session.execute`
+    # with `.values(...)` every call was a new ORM statement to analyse, which cost a
+    # submit more CPU than both round trips.
+    mapper = row.__mapper__
+    values = {prop.columns[0].key: getattr(row, prop.key) for prop in mapper.column_attrs}
+    session.connection().execute(
+        insert(type(row)), {key: value for key, value in values.items() if value is not None}
+    )
 
 
 def _refusal(target: AdmissionTarget, workflow_id: str, document_type: str) -> Conflict | InvalidInput | None:
