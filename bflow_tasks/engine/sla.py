@@ -107,8 +107,12 @@ def _no_counts() -> Counter[str]:
 
 def _scan_runtimes(session: Session, work: Work, *, now: datetime) -> Counter[str]:
     """Handle these runtimes' due tasks under their locks, re-checking each against fresh rows."""
-    locked = _lock(session, list(work))
-    tasks = _tasks(session, [task_id for ids in work.values() for task_id in (*ids[0], *ids[1])])
+    escalating = [runtime_id for runtime_id, (overdue_ids, _) in work.items() if overdue_ids]
+    locked = _lock(session, list(work), viewers_of=escalating)
+    # Only escalation reads a stage's other tasks (and adds a viewer); a reminder needs its own.
+    # Siblings last, so that no reload of a stage comes after the load escalation reads.
+    tasks = _tasks(session, [task_id for _, ids in work.values() for task_id in ids], with_siblings=False)
+    tasks |= _tasks(session, [task_id for ids, _ in work.values() for task_id in ids], with_siblings=True)
     done = _no_counts()
     for runtime_id, (overdue_ids, reminder_ids) in work.items():
         runtime = locked.get(runtime_id)
@@ -128,24 +132,42 @@ def _scan_runtimes(session: Session, work: Work, *, now: datetime) -> Counter[st
     return done
 
 
-def _lock(session: Session, runtime_ids: list[str]) -> dict[str, Runtime]:
-    """Lock the runtimes' rows in id order (the order every scan takes them in), with viewers."""
+def _lock(session: Session, runtime_ids: list[str], *, viewers_of: list[str]) -> dict[str, Runtime]:
+    """Lock the runtimes' rows in id order (the order every scan takes them in).
+
+    The viewers of the runtimes in `viewers_of` are loaded too (an escalation adds one).
+    """
     # populate_existing: what a concurrent action committed before we took the lock wins.
     runtimes = session.scalars(
         select(Runtime)
         .where(Runtime.id.in_(runtime_ids))
         .order_by(Runtime.id)
         .with_for_update()
-        .options(selectinload(Runtime.viewers))
         .execution_options(populate_existing=True)
-    )
+    ).all()
+    if viewers_of:
+        # The rows are ours now: a plain read, not a second lock (which could interleave with
+        # another scan's and deadlock). Its rows must be fetched for the viewers to load.
+        session.scalars(
+            select(Runtime).where(Runtime.id.in_(viewers_of)).options(selectinload(Runtime.viewers))
+        ).all()
     return {runtime.id: runtime for runtime in runtimes}
 
 
-def _tasks(session: Session, task_ids: list[str]) -> dict[str, tuple[RuntimeStage, RuntimeAssignee]]:
-    """Load the tasks' stages with every task on them (escalation checks and adds to those)."""
+def _tasks(
+    session: Session, task_ids: list[str], *, with_siblings: bool
+) -> dict[str, tuple[RuntimeStage, RuntimeAssignee]]:
+    """Load the tasks with their stages, and with every task on those stages if `with_siblings`."""
     if not task_ids:
         return {}
+    if not with_siblings:
+        pairs = session.execute(
+            select(RuntimeStage, RuntimeAssignee)
+            .join(RuntimeAssignee, RuntimeAssignee.runtime_stage_id == RuntimeStage.id)
+            .where(RuntimeAssignee.id.in_(task_ids))
+            .execution_options(populate_existing=True)
+        )
+        return {task.id: (stage, task) for stage, task in pairs}
     stage_ids = select(RuntimeAssignee.runtime_stage_id).where(RuntimeAssignee.id.in_(task_ids))
     loaded = session.scalars(
         select(RuntimeStage)

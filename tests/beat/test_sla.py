@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bflow_tasks.engine import admission, sla
@@ -208,6 +208,38 @@ def test_each_run_is_bounded_and_the_next_one_resumes(
     runs = [scan(session_factory, batch=2) for _ in range(4)]
     assert [(r["overdue"], r["more"]) for r in runs] == [(2, 1), (2, 1), (1, 0), (0, 0)]
     assert sum(events(session_factory, "task.overdue").values()) == 5
+
+
+def test_a_scan_reads_as_many_times_for_six_runtimes_as_for_two(
+    d: Driver, engine: Engine, session_factory, fake_clock: FakeClock
+) -> None:
+    """Escalations and reminders are read per group of runtimes, never one runtime at a time.
+
+    (Updates by primary key are left out: SQLite's driver sends one per row in any case.)
+    """
+    escalating = d.workflow(review(["u1"], sla_hours=1, escalate_to="boss"))
+    reminding = d.workflow({**review(["u2"], sla_hours=10, reminder_hours=1), "name": "Reminders"})
+    executed: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        executed.append(statement)
+
+    reads = []
+    for count in (1, 3):
+        for n in range(count):
+            d.submit(escalating, {}, document_id=f"E{count}-{n}")
+            d.submit(reminding, {}, document_id=f"R{count}-{n}")
+        fake_clock.advance(hours=2)
+        executed.clear()
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            done = scan(session_factory)
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        # The second scan also finds the first one's stand-in overdue and its reminder due again.
+        assert done["escalated"] == count and done["reminded"] >= count and done["overdue"] >= count
+        reads.append(sum(statement.lstrip().startswith("SELECT") for statement in executed))
+    assert reads[0] == reads[1], reads
 
 
 def test_concurrent_scans_still_send_each_event_once(
