@@ -195,6 +195,15 @@ class TaskActionCreate(_Input):
             raise ValueError(f"'delegate_to' is only allowed with action 'delegate', not '{action}'")
         return value
 
+    @field_validator("data")
+    @classmethod
+    def _not_for_delegate(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        # A delegation hands the task over and decides nothing: edits to the document are
+        # the delegate's to make when they act.
+        if value and info.data.get("action") == "delegate":
+            raise ValueError("'data' is not allowed with action 'delegate'; the delegate may send it")
+        return value
+
 
 class TaskActionAccepted(BaseModel):
     task_id: str

@@ -127,7 +127,7 @@ def workflow() -> None:
 
 
 @workflow.command("import")
-@click.argument("file", type=click.File("r"))
+@click.argument("file", type=click.File("r", encoding="utf-8"))
 @click.option("--tenant", "tenant_id", required=True, help="The tenant id that owns the workflow.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def workflow_import(file: Any, tenant_id: str, as_json: bool) -> None:
@@ -139,8 +139,9 @@ def workflow_import(file: Any, tenant_id: str, as_json: bool) -> None:
 
     try:
         raw = json.load(file)
-    except json.JSONDecodeError as exc:
-        raise click.ClickException(f"{file.name} is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise click.ClickException(f"{file.name} is not UTF-8 JSON: {reason}") from None
     try:
         with session_scope() as session:
             if session.get(Tenant, tenant_id) is None:

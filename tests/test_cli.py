@@ -89,6 +89,20 @@ def test_workflow_import_reports_every_problem_with_its_path(tmp_path, tenant_id
     assert "$.associations[0].dest" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b'{"name": "caf\xe9"}', b"[" * 100_000 + b"]" * 100_000],
+    ids=["not-json", "not-utf8", "nested-too-deep"],
+)
+def test_workflow_import_of_a_file_that_is_not_json_is_a_one_line_error(tmp_path, tenant_id, content):
+    path = tmp_path / "wf.json"
+    path.write_bytes(content)
+    result = run(tmp_path, "workflow", "import", str(path), "--tenant", tenant_id)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"Error: {path} is not UTF-8 JSON: "), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
 def test_workflow_import_to_an_unknown_tenant_is_a_one_line_error(tmp_path, tenant_id):
     path = tmp_path / "leave.json"
     path.write_text(json.dumps(leave_request_definition()))

@@ -93,15 +93,15 @@ class Approvers(_Strict):
 
     def static_count(self) -> int | None:
         """Return how many approvers the sources name, or None if any is known only at run time."""
-        count = 0
+        named: set[str] = set()
         for source in self.sources:
             if isinstance(source, UsersSource):
-                count += len(set(source.users))
+                named.update(source.users)  # a user named by two sources is one approver
             elif isinstance(source, SubmitterSource | ActorOfSource | FieldSource):
                 # A field may hold a list; an actor or the submitter is one person but may
                 # coincide with another source: only static user lists give a sure count.
                 return None
-        return count
+        return len(named)
 
 
 class NodeDef(_Strict):
@@ -338,4 +338,6 @@ def _check_node(
             problems.append(_problem(source_path, f"node '{node.key}' cannot take its approvers from itself"))
         elif source.actor_of not in first_index:
             problems.append(_problem(source_path, f"unknown node key '{source.actor_of}'"))
+        elif definition.nodes[first_index[source.actor_of]].action == "end":
+            problems.append(_problem(source_path, f"nobody acts on end node '{source.actor_of}'"))
     return problems

@@ -80,6 +80,7 @@ def apply_action(session: Session, *, command_id: str) -> list[str]:
         if conflict:
             return _refuse(session, runtime, command, assignee, conflict)
         stages.delegate(session, runtime, stage, assignee, to_user=payload["delegate_to"])
+        assignee.comments = payload.get("comments")
         journal.log(
             session,
             runtime,
@@ -87,6 +88,7 @@ def apply_action(session: Session, *, command_id: str) -> list[str]:
             actor=actor,
             stage=stage,
             assignee=assignee,
+            message=assignee.comments,
             details={"to": payload["delegate_to"]},
         )
         return []

@@ -39,6 +39,11 @@ def route(
     """Follow the associations that match a completed stage's outcome; return stages to open."""
     definition = load_definition(session, runtime.workflow_version_id)
     targets = _targets(definition, stage.node_key, outcome, runtime.data)
+    if definition.create_node.key in targets:
+        # Back to the create node is back to the submitter: nobody could act on a create stage,
+        # so the runtime is returned, and a resubmit continues it from there in a new round.
+        send_back(session, runtime, actor=actor)
+        return []
     if not targets:
         if outcome == "reject":
             finish(session, runtime, "rejected", actor=actor)

@@ -83,6 +83,22 @@ def test_delegate_needs_someone_else(client: TestClient, tenant: Tenant, opened:
     assert act(client, tenant, task_id, action="delegate", actor="u1", delegate_to="u9").status_code == 202
 
 
+def test_delegate_with_data_is_422_and_stores_nothing(
+    client: TestClient, tenant: Tenant, opened: OpenRuntime, api_engine: Engine
+) -> None:
+    task_id = opened.tasks["u1"]
+    response = act(client, tenant, task_id, action="delegate", actor="u1", delegate_to="u9", data={"days": 3})
+    assert response.status_code == 422
+    assert response.json()["error"]["details"] == [
+        {
+            "path": "$.data",
+            "message": "Value error, 'data' is not allowed with action 'delegate'; the delegate may send it",
+        }
+    ]
+    assert count(api_engine, RuntimeCommand, kind="action") == 0
+    assert queued_messages() == 0
+
+
 @pytest.mark.parametrize("action", ["approve", "reject", "return"])
 def test_delegate_to_on_any_action_but_delegate_is_422_and_stores_nothing(
     action: str, client: TestClient, tenant: Tenant, opened: OpenRuntime, api_engine: Engine

@@ -156,6 +156,20 @@ GRAPH_CASES: list[tuple[str, Callable[[Raw], object], str, str]] = [
         "unknown node key 'boss'",
     ),
     (
+        "quorum over the same users named twice",
+        lambda r: r["nodes"][1]["approvers"].update(
+            mode="quorum", quorum=3, sources=[{"users": ["u1", "u2"]}, {"users": ["u2", "u1"]}]
+        ),
+        "$.nodes[1].approvers.quorum",
+        "quorum 3 exceeds the number of approvers named (2)",
+    ),
+    (
+        "actor_of an end node",
+        lambda r: r["nodes"][2]["approvers"].update(sources=[{"actor_of": "done"}]),
+        "$.nodes[2].approvers.sources[0].actor_of",
+        "nobody acts on end node 'done'",
+    ),
+    (
         "actor_of itself",
         lambda r: r["nodes"][2]["approvers"].update(sources=[{"actor_of": "finance"}]),
         "$.nodes[2].approvers.sources[0].actor_of",

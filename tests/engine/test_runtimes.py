@@ -395,6 +395,23 @@ def test_return_then_resubmit_continues_the_same_runtime(d):
     assert [k for k, _, _ in d.stages(rid)].count("manager_review") == 2
 
 
+@pytest.mark.parametrize("outcome", ["return", "reject"])
+def test_an_association_back_to_the_create_node_returns_the_runtime_to_its_submitter(d, outcome):
+    flow = single_stage([{"users": ["a"]}])
+    flow["associations"].append({"source": "review", "dest": "submit", "on": outcome})
+    rid = d.submit(d.workflow(flow), {})
+    d.act(rid, "a", outcome)
+    assert d.status(rid) == "returned"
+    assert [(key, status) for key, status, _ in d.stages(rid)] == [
+        ("submit", "completed"),
+        ("review", "completed"),
+    ]
+    d.resubmit(rid)
+    d.act(rid, "a")
+    assert d.status(rid) == "completed"
+    assert d.runtime(rid).round == 2
+
+
 def test_resubmit_is_refused_unless_returned_and_by_the_submitter(d, session_factory):
     rid = d.submit(d.workflow(leave_request_definition()), {"amount": 5})
     with session_factory() as s, pytest.raises(Conflict):
@@ -413,6 +430,16 @@ def test_delegate_hands_the_task_over(d):
     assert d.status(rid) == "in_progress"  # still one approval missing: the deputy's
     d.act(rid, "deputy")
     assert d.status(rid) == "completed"
+
+
+def test_delegate_keeps_its_comments(d, session_factory):
+    rid = d.submit(d.workflow(single_stage([{"users": ["a"]}])), {})
+    task_id = d.task_of(rid, "a")
+    d.act(rid, "a", "delegate", delegate_to="deputy", comments="on leave until Monday")
+    with session_factory() as s:
+        assert s.get(RuntimeAssignee, task_id).comments == "on leave until Monday"
+        logged = s.scalars(select(RuntimeLog).where(RuntimeLog.action == "task.delegated")).one()
+    assert logged.message == "on leave until Monday"
 
 
 def test_delegate_needs_a_new_user(d, session_factory):
