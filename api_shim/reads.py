@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from api_shim import schemas
 from bflow_tasks.engine import archive as archive_engine
+from bflow_tasks.engine import stages
 from bflow_tasks.engine import workflows as workflow_engine
 from bflow_tasks.engine.errors import NotFound
 from bflow_tasks.models import (
@@ -119,7 +120,9 @@ def list_tasks(
     )
     if assignee is not None:
         query = query.where(RuntimeAssignee.user == assignee)
-    if status is not None:
+    if status == "open":
+        query = query.where(RuntimeAssignee.status.in_(stages.OPEN_TASK_STATUSES))
+    elif status is not None:
         query = query.where(RuntimeAssignee.status == status)
     if runtime_id is not None:
         query = query.where(RuntimeAssignee.runtime_id == runtime_id)

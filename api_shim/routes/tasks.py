@@ -17,7 +17,10 @@ router = APIRouter(prefix="/tasks", tags=["tasks"])
 
 TaskStatus = Annotated[
     str | None,
-    Query(pattern="^(pending|completed|delegated|overdue|cancelled)$", description="assignee status"),
+    Query(
+        pattern="^(open|pending|completed|delegated|overdue|cancelled)$",
+        description="task status; `open` is pending or overdue (what the assignee can still act on)",
+    ),
 ]
 
 

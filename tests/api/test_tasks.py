@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from bflow_tasks.models import RuntimeCommand
+from bflow_tasks.models import RuntimeAssignee, RuntimeCommand
 from tests.api.helpers import (
     API,
     OpenRuntime,
@@ -173,3 +173,21 @@ def test_list_filters_by_assignee_status_and_runtime(
     paged = client.get(f"{API}/tasks?status=pending&page_size=4", headers=tenant.headers).json()
     assert paged["count"] == 6 and len(paged["results"]) == 4 and paged["next"] is not None
     assert client.get(f"{API}/tasks?status=nonsense", headers=tenant.headers).status_code == 422
+
+
+def test_open_lists_pending_and_overdue_tasks_the_assignee_can_still_act_on(
+    client: TestClient, tenant: Tenant, api_engine: Engine, opened: OpenRuntime
+) -> None:
+    with api_engine.begin() as connection:
+        connection.execute(
+            update(RuntimeAssignee).where(RuntimeAssignee.id == opened.tasks["u2"]).values(status="overdue")
+        )
+    act(client, tenant, opened.tasks["u3"], action="approve", actor="u3")  # accepted, not yet applied
+    listed = client.get(f"{API}/tasks?runtime_id={opened.runtime_id}&status=open", headers=tenant.headers)
+    assert sorted((t["user"], t["status"]) for t in listed.json()["results"]) == [
+        ("u1", "pending"),
+        ("u2", "overdue"),
+        ("u3", "pending"),
+    ]
+    pending = client.get(f"{API}/tasks?runtime_id={opened.runtime_id}&status=pending", headers=tenant.headers)
+    assert [t["user"] for t in pending.json()["results"]] == ["u1", "u3"]
