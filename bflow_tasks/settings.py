@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -80,6 +80,19 @@ class Settings(BaseSettings):
             except ValueError:
                 return value
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_an_attempt(self) -> Settings:
+        """Refuse a lease that can run out while its attempt is still being sent.
+
+        Another worker would then take the delivery over and send it a second time.
+        """
+        if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
+            raise ValueError(
+                f"BFLOW_WEBHOOK_LEASE_SECONDS ({self.webhook_lease_seconds:g}) must exceed "
+                f"BFLOW_WEBHOOK_TIMEOUT_SECONDS ({self.webhook_timeout_seconds:g})"
+            )
+        return self
 
     @property
     def is_embedded_broker(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from bflow_tasks.settings import Settings
 
@@ -21,3 +22,18 @@ def test_the_defaults_are_the_embedded_setup(monkeypatch):
     defaults = Settings()
     assert defaults.is_sqlite and defaults.is_embedded_broker
     assert defaults.result_backend == "cache+memory://"
+
+
+@pytest.mark.parametrize("lease", [5, 15])
+def test_a_webhook_lease_must_outlast_the_attempt_timeout(lease):
+    with pytest.raises(ValidationError, match="BFLOW_WEBHOOK_LEASE_SECONDS .* must exceed"):
+        Settings(webhook_lease_seconds=lease, webhook_timeout_seconds=15)
+    assert Settings(webhook_lease_seconds=15.5, webhook_timeout_seconds=15).webhook_lease_seconds == 15.5
+
+
+def test_a_webhook_lease_from_the_environment_is_checked_too(monkeypatch):
+    monkeypatch.setenv("BFLOW_WEBHOOK_TIMEOUT_SECONDS", "30")
+    assert Settings().webhook_lease_seconds == 60  # the default lease outlasts it
+    monkeypatch.setenv("BFLOW_WEBHOOK_LEASE_SECONDS", "20")
+    with pytest.raises(ValidationError, match="must exceed"):
+        Settings()

@@ -18,7 +18,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session
 
-from bflow_tasks.engine import clock
+from bflow_tasks.engine import clock, webhook_endpoints
 from bflow_tasks.engine import webhooks as outbox
 from bflow_tasks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
@@ -32,6 +32,9 @@ JITTER = 0.2
 RETRY_AFTER_STATUSES = frozenset({429, 502, 504})
 RETRY_AFTER_MAX = max(RETRY_DELAYS).total_seconds()
 DISABLE_AFTER = timedelta(days=5)
+# How late a due retry may be attempted (the sweep's pass, a busy worker, the attempt itself)
+# and still continue its endpoint's failing run.
+RETRY_LATENESS = timedelta(minutes=5)
 MAX_STORED_TEXT = 2048
 
 
@@ -45,7 +48,7 @@ class Claim:
     url: str
     body: str
     lease: datetime
-    # The current secret first; during a rotation the previous one signs too.
+    # The current secret first; during a rotation the previous ones sign too.
     secrets_encrypted: tuple[str, ...]
 
 
@@ -102,10 +105,8 @@ def claim_head(
     )
     if cast(CursorResult[Any], result).rowcount != 1:
         return None  # another worker holds it: that worker goes on with the stream
-    secrets = [endpoint.secret_encrypted]
-    expires = endpoint.previous_secret_expires_at
-    if endpoint.previous_secret_encrypted and expires is not None and expires > now:
-        secrets.append(endpoint.previous_secret_encrypted)
+    previous = webhook_endpoints.live_previous_secrets(endpoint, now=now)
+    secrets = [endpoint.secret_encrypted, *(entry["secret_encrypted"] for entry in previous)]
     return Claim(
         delivery_id=head.id,
         endpoint_id=endpoint_id,
@@ -158,15 +159,13 @@ def record_attempt(
         if endpoint.failing_since is not None:
             endpoint.failing_since = None
         return Next(go_on=True)
-    failing_since = endpoint.failing_since or now
-    if outcome.status_code == 410 or now - failing_since >= DISABLE_AFTER:
+    endpoint.failing_since = failing_run_start(endpoint, now=now, scale=scale)
+    endpoint.last_failure_at = now
+    if outcome.status_code == 410 or now - endpoint.failing_since >= DISABLE_AFTER:
         delivery.status, delivery.next_attempt_at = "failed", None
         reason = "the endpoint answered 410 Gone" if outcome.status_code == 410 else "failing for 5 days"
         disable_endpoint(session, endpoint, reason=reason)
-        endpoint.failing_since = failing_since
         return Next(go_on=False)
-    if endpoint.failing_since is None:
-        endpoint.failing_since = now
     retry_after = outcome.retry_after if outcome.status_code in RETRY_AFTER_STATUSES else None
     delay = retry_delay(delivery.attempts, retry_after=retry_after, scale=scale, rand=rand)
     if delay is None:
@@ -175,6 +174,24 @@ def record_attempt(
     delivery.status, delivery.next_attempt_at = "retrying", now + timedelta(seconds=delay)
     _hold_behind(session, delivery)
     return Next(go_on=False, retry_in=delay)
+
+
+def failing_run_start(endpoint: WebhookEndpoint, *, now: datetime, scale: float) -> datetime:
+    """When the run of nothing-but-failures that a failure at `now` belongs to began.
+
+    While an endpoint keeps failing, no two of its failures are further apart than the
+    longest retry wait. A failure after a longer quiet spell (say, a week after a dead letter,
+    with no events meanwhile) starts a new run: the old one says nothing about the endpoint now.
+    """
+    previous, started = endpoint.last_failure_at, endpoint.failing_since
+    if started is None or previous is None or now - previous > longest_retry_gap(scale):
+        return now
+    return started
+
+
+def longest_retry_gap(scale: float) -> timedelta:
+    """The longest a failing delivery can wait for its next attempt, with some slack."""
+    return max(RETRY_DELAYS) * (1 + JITTER) * scale + RETRY_LATENESS
 
 
 def retry_delay(

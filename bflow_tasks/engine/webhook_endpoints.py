@@ -78,13 +78,31 @@ def delete_endpoint(session: Session, *, tenant_id: str, endpoint_id: str) -> No
 def rotate_secret(
     session: Session, *, tenant_id: str, endpoint_id: str, secret_encrypted: str
 ) -> WebhookEndpoint:
-    """Install a new secret; the current one keeps signing too for ROTATION_OVERLAP."""
+    """Install a new secret; the current one keeps signing too for ROTATION_OVERLAP.
+
+    Every earlier secret still within its own overlap keeps signing as well: receivers may
+    not have switched to it yet when the next rotation comes.
+    """
     endpoint = get_endpoint(session, tenant_id=tenant_id, endpoint_id=endpoint_id)
-    endpoint.previous_secret_encrypted = endpoint.secret_encrypted
-    endpoint.previous_secret_expires_at = clock.now() + ROTATION_OVERLAP
+    now = clock.now()
+    replaced = {
+        "secret_encrypted": endpoint.secret_encrypted,
+        "expires_at": (now + ROTATION_OVERLAP).isoformat(),
+    }
+    # A new list, not an in-place change: the JSON column only notices reassignment.
+    endpoint.previous_secrets = [replaced, *live_previous_secrets(endpoint, now=now)]
     endpoint.secret_encrypted = secret_encrypted
     session.flush()
     return endpoint
+
+
+def live_previous_secrets(endpoint: WebhookEndpoint, *, now: datetime) -> list[dict[str, str]]:
+    """The endpoint's previous secrets that still sign at `now`, newest first."""
+    return [
+        entry
+        for entry in endpoint.previous_secrets or []
+        if datetime.fromisoformat(entry["expires_at"]) > now
+    ]
 
 
 def enable_endpoint(session: Session, *, tenant_id: str, endpoint_id: str) -> WebhookEndpoint:

@@ -20,13 +20,22 @@ class WebhookEndpoint(Timestamped, Base):
     # Event types this endpoint receives; ["*"] means all.
     events: Mapped[list[Any]]
     secret_encrypted: Mapped[str] = mapped_column(Text)
-    # During a rotation the old secret signs too, until it expires.
-    previous_secret_encrypted: Mapped[str | None] = mapped_column(Text)
-    previous_secret_expires_at: Mapped[datetime | None]
+    # Secrets replaced by a rotation, each signing beside the current one until it expires:
+    # [{"secret_encrypted": ..., "expires_at": ISO-8601 UTC}, ...], newest first. A list, not
+    # one slot, so that a second rotation within the overlap keeps the first old secret too.
+    previous_secrets: Mapped[list[Any]] = mapped_column(default=list)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     disabled_reason: Mapped[str | None] = mapped_column(String(255))
-    # Start of the current run of nothing-but-failures (reset by any success).
+    # Start of the current run of nothing-but-failures (reset by any success, and by a quiet
+    # spell longer than any retry waits: see webhook_delivery.record_attempt).
     failing_since: Mapped[datetime | None]
+    last_failure_at: Mapped[datetime | None]
+
+    @property
+    def previous_secret_expires_at(self) -> datetime | None:
+        """When the last of the previous secrets stops signing (None: there never was one)."""
+        expiries = [datetime.fromisoformat(entry["expires_at"]) for entry in self.previous_secrets or []]
+        return max(expiries, default=None)
 
 
 class WebhookDelivery(Timestamped, Base):

@@ -6,7 +6,11 @@ them, outside any transaction, under the claim's lease.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 from bflow_tasks.db import session_scope
 from bflow_tasks.engine import clock
@@ -45,21 +49,62 @@ def drain(*, endpoint_id: str, runtime_id: str | None) -> float | None:
 
 
 def attempt(claim: Claim) -> Outcome:
-    """Make one signed HTTP attempt of a claimed delivery (no database access)."""
+    """Make one signed HTTP attempt of a claimed delivery (no database access).
+
+    The attempt's time limit covers looking the host up as well as the POST, so that a slow
+    resolver cannot hold a worker (and the delivery's lease) beyond it.
+    """
+    timeout = settings.webhook_timeout_seconds
+    attempted_at, started = clock.now(), time.monotonic()
+
+    def failed(error_class: str, error: str) -> Outcome:
+        log.warning("webhook delivery %s not sent: %s", claim.delivery_id, error)
+        return Outcome(
+            attempted_at=attempted_at, latency_ms=_ms(started), error_class=error_class, error=error
+        )
+
     try:
-        target = ssrf.resolve(claim.url, allow_private=settings.webhook_allow_private)
+        target = _resolve_within(claim.url, seconds=timeout)
         keys = [crypto.decrypt(token) for token in claim.secrets_encrypted]
+    except ResolveTimeout as exc:
+        return failed("Timeout", str(exc))
     except Exception as exc:  # an unsafe or unresolvable host, a secret the key cannot open
-        log.warning("webhook delivery %s not sent: %s", claim.delivery_id, exc)
-        error = str(exc) or type(exc).__name__
-        return Outcome(attempted_at=clock.now(), latency_ms=0, error_class=type(exc).__name__, error=error)
+        return failed(type(exc).__name__, str(exc) or type(exc).__name__)
+    remaining = timeout - (time.monotonic() - started)
+    if remaining <= 0:
+        return failed("Timeout", f"no time left to send after looking the host up ({timeout} s in all)")
     # Signed over exactly the bytes sent, with a fresh timestamp at each attempt.
     headers = signing.signature_headers(msg_id=claim.delivery_id, body=claim.body, keys=keys)
-    return transport.post(
+    outcome = transport.post(
         claim.url,
         target=target,
         body=claim.body.encode(),
         headers=headers,
-        timeout=settings.webhook_timeout_seconds,
+        timeout=remaining,
         connect_timeout=settings.webhook_connect_timeout_seconds,
     )
+    # The attempt began with the lookup: its time counts too.
+    return dataclasses.replace(outcome, attempted_at=attempted_at, latency_ms=_ms(started))
+
+
+class ResolveTimeout(Exception):
+    """Looking the webhook's host up took the whole attempt's time."""
+
+
+def _resolve_within(url: str, *, seconds: float) -> ssrf.Target:
+    """Resolve the URL's host (ssrf.resolve), waiting at most `seconds` for the answer.
+
+    getaddrinfo has no timeout of its own, so it runs in a helper thread; one that overruns
+    finishes on its own, and nobody waits for it.
+    """
+    lookup = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook-dns")
+    answer = lookup.submit(ssrf.resolve, url, allow_private=settings.webhook_allow_private)
+    lookup.shutdown(wait=False)
+    try:
+        return answer.result(timeout=seconds)
+    except FutureTimeout:
+        raise ResolveTimeout(f"looking the host up took longer than {seconds:g} s") from None
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)

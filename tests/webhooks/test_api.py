@@ -210,7 +210,9 @@ def test_rotate_secret_shows_the_new_one_once_and_keeps_the_old_for_24_hours(
     assert timedelta(hours=23, minutes=59) < expires - datetime.now(UTC) <= timedelta(hours=24)
     stored = endpoint(api_engine, hook["id"])
     assert crypto.decrypt(stored.secret_encrypted) == body["secret"]
-    assert crypto.decrypt(stored.previous_secret_encrypted or "") == hook["secret"]
+    assert [crypto.decrypt(entry["secret_encrypted"]) for entry in stored.previous_secrets] == [
+        hook["secret"]
+    ]
     shown = client.get(f"{API}/webhooks/{hook['id']}", headers=tenant.headers).text
     assert body["secret"] not in shown and hook["secret"] not in shown
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 from collections import defaultdict
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,8 +17,10 @@ from sqlalchemy.orm import Session
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from bflow_tasks.engine import clock
+from bflow_tasks.engine.webhook_delivery import Claim
 from bflow_tasks.models import WebhookEndpoint
 from bflow_tasks.settings import settings
+from bflow_tasks.webhooks import crypto, delivery, signing
 from tests.api.helpers import API, Tenant, execute, post_workflow
 from tests.webhooks.receiver import Received, Receiver
 from tests.webhooks.support import (
@@ -281,9 +287,9 @@ def test_during_a_rotation_both_secrets_verify_and_afterwards_only_the_new_one(
     assert all(len(r.headers["webhook-signature"].split(" ")) == 2 for r in during)
 
     with Session(api_engine) as session, session.begin():
-        session.get_one(WebhookEndpoint, hook["id"]).previous_secret_expires_at = clock.now() - timedelta(
-            seconds=1
-        )
+        row = session.get_one(WebhookEndpoint, hook["id"])
+        expired = (clock.now() - timedelta(seconds=1)).isoformat()
+        row.previous_secrets = [{**entry, "expires_at": expired} for entry in row.previous_secrets]
     receiver.secrets = [new]
     act(client, tenant, runtime_id, "u1")
     after = wait_until(
@@ -295,3 +301,31 @@ def test_during_a_rotation_both_secrets_verify_and_afterwards_only_the_new_one(
         Webhook(old).verify(after[0].body, after[0].headers)
     assert json.loads(after[0].body)["data"]["actor"] == "u1"
     assert isinstance(datetime.fromisoformat(rotated.json()["previous_secret_expires_at"]), datetime)
+
+
+def test_a_slow_host_lookup_counts_against_the_attempts_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    released = threading.Event()
+
+    def slow_getaddrinfo(*args: object, **kwargs: object) -> list[Any]:
+        released.wait(4)  # a resolver that takes 4 s to answer
+        return []
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_getaddrinfo)
+    monkeypatch.setattr(settings, "webhook_timeout_seconds", 1.0)
+    claim = Claim(
+        delivery_id="d-1",
+        endpoint_id="e-1",
+        runtime_id=None,
+        url="http://slow-dns.example/hook",
+        body="{}",
+        lease=clock.now() + timedelta(seconds=60),
+        secrets_encrypted=(crypto.encrypt(signing.new_secret()),),
+    )
+    started = time.monotonic()
+    try:
+        outcome = delivery.attempt(claim)
+    finally:
+        released.set()
+    assert time.monotonic() - started < 2.5
+    assert not outcome.ok and outcome.error_class == "Timeout"
+    assert outcome.error is not None and "looking the host up" in outcome.error

@@ -137,7 +137,12 @@ def test_five_days_of_failures_disable_the_endpoint_and_tell_the_others(
     deaf, _ = add_endpoint(session_factory, driver.tenant_id, URL, ["runtime.completed"])
     runtime_id = driver.submit(driver.workflow(leave_request_definition()), {"amount": 10})
     with session_factory.begin() as session:
-        session.get_one(WebhookEndpoint, failing).failing_since = clock.now() - timedelta(days=5)
+        row = session.get_one(WebhookEndpoint, failing)
+        # Five days of failures, the latest an hour ago: the run goes on.
+        row.failing_since, row.last_failure_at = (
+            clock.now() - timedelta(days=5),
+            clock.now() - timedelta(hours=1),
+        )
     claim = _claim(session_factory, failing, runtime_id)
     assert claim is not None
     assert _record(session_factory, claim, 500) == delivery_engine.Next(go_on=False)
