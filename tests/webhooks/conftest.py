@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from celery.contrib.testing.worker import start_worker
@@ -14,10 +14,20 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api_shim.app import create_app
 from bflow_tasks.celery_app import app as celery_app
+from bflow_tasks.engine import clock
 from bflow_tasks.settings import settings
 from tests.api import helpers
 from tests.webhooks.receiver import Receiver
 from tests.webhooks.support import QUEUES
+
+
+@pytest.fixture
+def at() -> Iterator[list[datetime]]:
+    """The engine's clock, set by assigning `at[0]`."""
+    now = [datetime(2030, 1, 7, 9, 0)]
+    clock.set_clock(lambda: now[0])
+    yield now
+    clock.set_clock(None)
 
 
 @pytest.fixture(autouse=True)

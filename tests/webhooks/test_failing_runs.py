@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -20,13 +19,15 @@ from tests.webhooks.support import add_endpoint, deliveries, endpoint
 URL = "http://127.0.0.1:9/hook"
 
 
+Flow = tuple[Driver, str, str]
+
+
 @pytest.fixture
-def at() -> Iterator[list[datetime]]:
-    """The engine's clock, set by assigning `at[0]`."""
-    now = [datetime(2030, 1, 7, 9, 0)]
-    clock.set_clock(lambda: now[0])
-    yield now
-    clock.set_clock(None)
+def flow(session_factory: sessionmaker[Session]) -> Flow:
+    """A tenant's driver, its endpoint for `runtime.created` and a workflow to submit to."""
+    driver = Driver(session_factory)
+    endpoint_id, _ = add_endpoint(session_factory, driver.tenant_id, URL, ["runtime.created"])
+    return driver, endpoint_id, driver.workflow(leave_request_definition())
 
 
 def _attempt(session_factory: sessionmaker[Session], endpoint_id: str, runtime_id: str, status: int) -> Next:
@@ -56,11 +57,9 @@ def _fail_until_dead_lettered(
 
 
 def test_one_transient_failure_after_a_quiet_week_does_not_disable_the_endpoint(
-    session_factory: sessionmaker[Session], engine: Engine, at: list[datetime]
+    session_factory: sessionmaker[Session], engine: Engine, at: list[datetime], flow: Flow
 ) -> None:
-    driver = Driver(session_factory)
-    endpoint_id, _ = add_endpoint(session_factory, driver.tenant_id, URL, ["runtime.created"])
-    workflow_id = driver.workflow(leave_request_definition())
+    driver, endpoint_id, workflow_id = flow
     first = driver.submit(workflow_id, {"amount": 10}, document_id="D1")
     _fail_until_dead_lettered(session_factory, endpoint_id, first, at)
     assert deliveries(engine, runtime_id=first)[0].status == "failed"
@@ -78,11 +77,9 @@ def test_one_transient_failure_after_a_quiet_week_does_not_disable_the_endpoint(
 
 
 def test_failures_a_few_hours_apart_for_five_days_still_disable_the_endpoint(
-    session_factory: sessionmaker[Session], engine: Engine, at: list[datetime]
+    session_factory: sessionmaker[Session], engine: Engine, at: list[datetime], flow: Flow
 ) -> None:
-    driver = Driver(session_factory)
-    endpoint_id, _ = add_endpoint(session_factory, driver.tenant_id, URL, ["runtime.created"])
-    workflow_id = driver.workflow(leave_request_definition())
+    driver, endpoint_id, workflow_id = flow
     started = at[0]
     first = driver.submit(workflow_id, {"amount": 10}, document_id="D1")
     _fail_until_dead_lettered(session_factory, endpoint_id, first, at)  # about 37.6 h of retries
@@ -102,11 +99,9 @@ def test_failures_a_few_hours_apart_for_five_days_still_disable_the_endpoint(
 
 
 def test_a_failure_longer_after_the_last_than_any_retry_waits_starts_a_new_run(
-    session_factory: sessionmaker[Session], engine: Engine, at: list[datetime]
+    session_factory: sessionmaker[Session], engine: Engine, at: list[datetime], flow: Flow
 ) -> None:
-    driver = Driver(session_factory)
-    endpoint_id, _ = add_endpoint(session_factory, driver.tenant_id, URL, ["runtime.created"])
-    workflow_id = driver.workflow(leave_request_definition())
+    driver, endpoint_id, workflow_id = flow
     started = at[0]
     _attempt(session_factory, endpoint_id, driver.submit(workflow_id, {"amount": 10}, document_id="D1"), 500)
 

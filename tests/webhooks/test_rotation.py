@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
-import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from bflow_tasks.engine import clock, webhook_endpoints
 from bflow_tasks.engine import webhook_delivery as delivery_engine
+from bflow_tasks.engine import webhook_endpoints
 from bflow_tasks.webhooks import crypto, signing
 from tests.engine.driver import Driver
 from tests.factories import leave_request_definition
 from tests.webhooks.support import add_endpoint
 
 URL = "http://127.0.0.1:9/hook"
-
-
-@pytest.fixture
-def at() -> Iterator[list[datetime]]:
-    """The engine's clock, set by assigning `at[0]`."""
-    now = [datetime(2030, 1, 7, 9, 0)]
-    clock.set_clock(lambda: now[0])
-    yield now
-    clock.set_clock(None)
 
 
 def _rotate(session_factory: sessionmaker[Session], tenant_id: str, endpoint_id: str) -> str:
