@@ -32,10 +32,13 @@ def test_counters_move_after_runs_including_the_workers_counters(ops: Ops, workf
     delivered_before = support.value(before, "bflow_webhook_delivery_attempts_total", outcome="delivered")
 
     def settled() -> support.Samples | None:
-        # Webhook deliveries finish a moment after the runtime does.
+        # Webhook deliveries finish a moment after the runtime does, and a worker counts an
+        # attempt just after committing it: wait until the counter caught up with the events.
         now = support.scrape(ops.stack.base_url)
         done = support.value(now, "bflow_webhook_deliveries", status="pending") == 0
-        return now if done and support.value(now, "bflow_webhook_delivery_attempts_total") > 0 else None
+        delivered = support.value(now, "bflow_webhook_delivery_attempts_total", outcome="delivered")
+        events = support.value(now, "bflow_events_total") - support.value(before, "bflow_events_total")
+        return now if done and events > 0 and delivered - delivered_before >= events else None
 
     after = wait_until(settled, "the webhook outbox to drain", timeout=30, interval=0.3)
 
