@@ -338,6 +338,6 @@ def _check_node(
             problems.append(_problem(source_path, f"node '{node.key}' cannot take its approvers from itself"))
         elif source.actor_of not in first_index:
             problems.append(_problem(source_path, f"unknown node key '{source.actor_of}'"))
-        elif definition.nodes[first_index[source.actor_of]].action == "end":
+        elif definition.node(source.actor_of).action == "end":
             problems.append(_problem(source_path, f"nobody acts on end node '{source.actor_of}'"))
     return problems
