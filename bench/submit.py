@@ -9,7 +9,10 @@ Needs MariaDB, Redis and `wrk` (Debian package). In one script:
    with unique documents (every request is a real submit: token check, workflow lookup,
    the runtime and its start command written, commit, publish), at full speed, then throttled to
    about half the peak rate for the latency figure;
-3. a check that every 202 left its runtime row (nothing accepted was lost).
+3. the floor: `bench/floor_app.py` (the same schema check and publish behind the same
+   uvicorn command, with no token check and no database), loaded the same way, to show how
+   much of the gap to raw publishing the HTTP stack and the publish take by themselves;
+4. a check that every 202 left its runtime row (nothing accepted was lost).
 Prints medians of `--runs` runs and the ratios. No worker runs: the queue is purged after.
 """
 
@@ -26,6 +29,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,25 +98,19 @@ def main() -> int:
     purge()
     raw = statistics.median(raw_rates)
 
-    port = free_port()
-    shim = start_shim(port, args.workers)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        peaks = []
-        for run in range(args.runs):
-            peaks.append(load(url, workflow_id, token, args, run_tag=f"p{run}", delay_ms=0))
-            purge()
+    with serving("api_shim.app:app", args.workers) as url:
+        peaks = peak_runs(url, workflow_id, token, args, tag="p")
         peak = statistics.median(r["rate"] for r in peaks)
         # Throttle each connection so that together they offer about half the peak rate.
         delay_ms = max(1, int(args.connections * 1000 / (peak / 2)))
         half = load(url, workflow_id, token, args, run_tag="half", delay_ms=delay_ms)
         purge()
-    finally:
-        shim.terminate()
-        shim.wait(timeout=20)
-
     accepted = sum(r["ok"] for r in peaks) + half["ok"]
     stored = count_runtimes()
+    with serving("bench.floor_app:app", args.workers) as url:
+        floors = peak_runs(url, workflow_id, token, args, tag="f")
+    floor = statistics.median(r["rate"] for r in floors)
+
     print(
         f"\nraw Celery publish (same chain, sequential, one process): {raw:,.0f}/s  runs: "
         + ", ".join(f"{r:,.0f}" for r in raw_rates)
@@ -127,6 +126,12 @@ def main() -> int:
         f"  at ~half the peak ({half['rate']:,.0f}/s offered with {delay_ms} ms per connection): "
         f"p50 {half['p50']:.1f} ms  p99 {half['p99']:.1f} ms  non-2xx {half['errors']}"
     )
+    print("floor (bench/floor_app.py: the same HTTP stack, schema and publish; no token, no database):")
+    print(
+        f"  median peak: {floor:,.0f}/s = {floor / raw:.2f}x raw publish  runs: "
+        + ", ".join(f"{r['rate']:,.0f}" for r in floors)
+    )
+    print(f"  the shim reaches {peak / floor:.2f}x its floor")
     # wrk stops counting at its deadline while the server finishes requests in flight, so
     # rows may exceed the 202s it saw; fewer rows than 202s would be accepted work lost.
     print(f"accepted (202) {accepted:,}  runtime rows {stored:,}  lost {max(0, accepted - stored):,}")
@@ -182,13 +187,36 @@ def _ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def start_shim(port: int, workers: int) -> subprocess.Popen[bytes]:
+def peak_runs(
+    url: str, workflow_id: str, token: str, args: argparse.Namespace, *, tag: str
+) -> list[dict[str, float | int | str]]:
+    """Load the server at `url` at full speed `--runs` times, purging the queue after each."""
+    runs = []
+    for run in range(args.runs):
+        runs.append(load(url, workflow_id, token, args, run_tag=f"{tag}{run}", delay_ms=0))
+        purge()
+    return runs
+
+
+@contextmanager
+def serving(app: str, workers: int) -> Iterator[str]:
+    """Serve `app` with the shim's uvicorn command line; yield its URL, stop it on exit."""
+    port = free_port()
+    server = start_shim(app, port, workers)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def start_shim(app: str, port: int, workers: int) -> subprocess.Popen[bytes]:
     shim = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "uvicorn",
-            "api_shim.app:app",
+            app,
             "--port",
             str(port),
             "--workers",
