@@ -39,6 +39,9 @@ task_routes = {
 broker_transport_options = {
     "visibility_timeout": settings.visibility_timeout_seconds,
     "confirm_publish": True,  # RabbitMQ: wait for the broker's ack before returning
+    # Redis: a broker that took the connection and then went silent (a hung server, a
+    # half-open link) fails the publish instead of holding the request forever.
+    "socket_timeout": settings.publish_timeout_seconds,
 }
 if settings.is_embedded_broker:
     # memory:// is polled (kombu's virtual transport, 1 s by default): in one process a

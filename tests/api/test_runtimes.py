@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bflow_tasks import db
 from bflow_tasks.celery_app import app as celery_app
 from bflow_tasks.models import Runtime, RuntimeCommand
+from bflow_tasks.settings import settings
 from tests.api.helpers import (
     API,
     UNREACHABLE_BROKER,
@@ -247,3 +252,52 @@ def test_runtime_detail_reads_each_table_once(
         event.remove(engine, "before_cursor_execute", record)
     # The token, then the runtime (with its version), stages, assignees and log: one each.
     assert len(statements) == 5, statements
+
+
+@pytest.fixture
+def silent_broker() -> Iterator[str]:
+    """A Redis URL whose server accepts connections and never answers (a hung broker)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    listener.close()
+    for connection in held:
+        connection.close()
+
+
+def test_the_publish_timeout_bounds_each_wait_on_the_broker() -> None:
+    assert celery_app.conf.broker_transport_options["socket_timeout"] == settings.publish_timeout_seconds
+
+
+def test_a_broker_that_never_answers_is_503_within_the_publish_timeout(
+    client: TestClient,
+    tenant: Tenant,
+    workflow_id: str,
+    api_engine: Engine,
+    silent_broker: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The configured 5 s, shortened for the test: three tries of 0.3 s each, with their pauses.
+    options = {**celery_app.conf.broker_transport_options, "socket_timeout": 0.3}
+    monkeypatch.setitem(celery_app.conf, "broker_transport_options", options)
+    working = celery_app.conf.broker_url
+    switch_broker(silent_broker)
+    try:
+        started = time.monotonic()
+        response = execute(client, tenant, workflow_id)
+        waited = time.monotonic() - started
+    finally:
+        switch_broker(working)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "broker_unavailable"
+    assert waited < 5
+    assert_no_runtime_rows(api_engine)
