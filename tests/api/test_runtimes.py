@@ -135,6 +135,12 @@ def test_a_document_that_could_not_be_served_back_is_422_and_writes_nothing(
         response = client.post(f"{API}/runtime/execute", content=raw, headers=headers)
         assert response.status_code == 422, number
         assert "numbers must be finite" in response.json()["error"]["details"][0]["message"]
+    # Half of a UTF-16 pair is a legal JSON escape, but no database stores it (a value or a key).
+    for data in ('{"reason": "x\\ud800"}', '{"x\\udc00": 1}'):
+        raw = json.dumps({**body, "data": {}}).replace('"data": {}', f'"data": {data}')
+        response = client.post(f"{API}/runtime/execute", content=raw, headers=headers)
+        assert response.status_code == 422, data
+        assert "strings must be valid Unicode" in response.json()["error"]["details"][0]["message"]
     assert_no_runtime_rows(api_engine)
     assert queued_messages() == 0
 

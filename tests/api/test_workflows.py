@@ -54,6 +54,15 @@ def test_a_definition_that_could_not_be_served_back_is_422(
     assert response.json()["error"]["details"] == [
         {"path": "$", "message": "nested more than 64 levels deep"}
     ]
+    surrogate = leave_request_definition()
+    surrogate["associations"][-1]["condition"] = {"var": "reason", "op": "==", "value": "x\ud800"}
+    response = client.post(
+        f"{API}/workflows",
+        content=json.dumps(surrogate),
+        headers={**tenant.headers, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert "strings must be valid Unicode" in response.json()["error"]["details"][0]["message"]
     long_sla = leave_request_definition()
     long_sla["nodes"][1]["sla_hours"] = 1e300  # its due time would overflow every datetime
     response = client.post(f"{API}/workflows", json=long_sla, headers=tenant.headers)
