@@ -185,6 +185,27 @@ def test_mariadb_upgrade_matches_models_and_downgrade_empties(mysql_engine: tupl
     assert wrong_collation == {}, f"tables not in utf8mb4: {wrong_collation}"
     not_utf8mb4 = [(t, c, cs) for t, c, cs, _ in columns if t in MODEL_TABLES and cs != "utf8mb4"]
     assert not_utf8mb4 == [], f"text columns not in utf8mb4: {not_utf8mb4}"
+    # Names the engine compares exactly (models.base.exact_string) are exact in MariaDB too;
+    # autogenerate does not compare collations, so this is checked here.
+    dialect = engine.dialect
+    exact = {
+        (table.name, column.name)
+        for table in Base.metadata.tables.values()
+        for column in table.columns
+        if getattr(column.type.dialect_impl(dialect), "collation", None) == "utf8mb4_bin"
+    }
+    assert ("runtime_assignee", "user") in exact and ("runtime_archive", "document_id") in exact
+    with engine.connect() as connection:
+        found = set(
+            connection.execute(
+                text(
+                    "SELECT table_name, column_name FROM information_schema.columns "
+                    "WHERE table_schema = DATABASE() AND data_type = 'varchar' "
+                    "AND collation_name = 'utf8mb4_bin'"
+                )
+            ).all()
+        )
+    assert found == exact
 
     # Plain DATETIME keeps whole seconds; the engine orders and times things finer than that.
     assert datetimes, "no DATETIME columns found"

@@ -49,6 +49,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+def exact_string(length: int) -> String:
+    """A name compared as Python compares it, character for character: a user, an actor, a
+    document id, a node key. Under the tables' utf8mb4_unicode_ci, MariaDB would take "Bob",
+    "bob" and "bob " for one value in every unique key and lookup, where the engine sees three."""
+    return String(length).with_variant(mysql.VARCHAR(length, collation="utf8mb4_bin"), "mysql", "mariadb")
+
+
 def id_column() -> Mapped[str]:
     """The primary key of every table: a new_id() string."""
     return mapped_column(String(36), primary_key=True, default=new_id)

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from bflow_tasks.models.base import Base, Timestamped, id_column, utcnow
+from bflow_tasks.models.base import Base, Timestamped, exact_string, id_column, utcnow
 
 
 class Tenant(Timestamped, Base):
@@ -80,7 +80,7 @@ class Node(Timestamped, Base):
     id: Mapped[str] = id_column()
     workflow_id: Mapped[str] = mapped_column(ForeignKey("workflow.id", ondelete="CASCADE"))
     workflow_version_id: Mapped[str] = mapped_column(ForeignKey("workflow_version.id", ondelete="CASCADE"))
-    key: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(exact_string(100))
     name: Mapped[str] = mapped_column(String(255))
     action: Mapped[str] = mapped_column(String(20))
     collaborator_option: Mapped[dict[str, Any] | None]

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from bflow_tasks.models.base import Base, id_column, utcnow
+from bflow_tasks.models.base import Base, exact_string, id_column, utcnow
 
 
 class Runtime(Base):
@@ -34,12 +34,12 @@ class Runtime(Base):
     company_id: Mapped[str | None] = mapped_column(String(36))
     workflow_id: Mapped[str] = mapped_column(ForeignKey("workflow.id"))
     workflow_version_id: Mapped[str] = mapped_column(ForeignKey("workflow_version.id"))
-    document_type: Mapped[str] = mapped_column(String(100))
-    document_id: Mapped[str] = mapped_column(String(255))
+    document_type: Mapped[str] = mapped_column(exact_string(100))
+    document_id: Mapped[str] = mapped_column(exact_string(255))
     data: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(20), default="pending")
-    submitted_by: Mapped[str] = mapped_column(String(255))
-    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    submitted_by: Mapped[str] = mapped_column(exact_string(255))
+    idempotency_key: Mapped[str | None] = mapped_column(exact_string(255))
     in_flight: Mapped[bool | None] = mapped_column(Boolean, default=True)
     # Bumped on every resubmit: stages of an earlier round never block a later one.
     round: Mapped[int] = mapped_column(Integer, default=1)
@@ -75,7 +75,7 @@ class RuntimeStage(Base):
     id: Mapped[str] = id_column()
     runtime_id: Mapped[str] = mapped_column(ForeignKey("runtime.id", ondelete="CASCADE"))
     node_id: Mapped[str] = mapped_column(ForeignKey("node.id"))
-    node_key: Mapped[str] = mapped_column(String(100))
+    node_key: Mapped[str] = mapped_column(exact_string(100))
     action: Mapped[str] = mapped_column(String(20))
     round: Mapped[int] = mapped_column(Integer)
     visit: Mapped[int] = mapped_column(Integer)
@@ -114,8 +114,8 @@ class RuntimeAssignee(Base):
     runtime_id: Mapped[str] = mapped_column(ForeignKey("runtime.id", ondelete="CASCADE"))
     runtime_stage_id: Mapped[str] = mapped_column(ForeignKey("runtime_stage.id", ondelete="CASCADE"))
     tenant_id: Mapped[str] = mapped_column(String(36), index=True)
-    node_key: Mapped[str] = mapped_column(String(100))
-    user: Mapped[str] = mapped_column(String(255))
+    node_key: Mapped[str] = mapped_column(exact_string(100))
+    user: Mapped[str] = mapped_column(exact_string(255))
     assign_type: Mapped[str] = mapped_column(String(20))
     status: Mapped[str] = mapped_column(String(20), default="pending")
     action_taken: Mapped[str | None] = mapped_column(String(20))
@@ -146,7 +146,7 @@ class RuntimeLog(Base):
     sequence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     stage_id: Mapped[str | None] = mapped_column(String(36))
     assignee_id: Mapped[str | None] = mapped_column(String(36))
-    actor: Mapped[str | None] = mapped_column(String(255))
+    actor: Mapped[str | None] = mapped_column(exact_string(255))
     action: Mapped[str] = mapped_column(String(50))
     message: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any] | None]
@@ -162,7 +162,7 @@ class RuntimeViewer(Base):
 
     id: Mapped[str] = id_column()
     runtime_id: Mapped[str] = mapped_column(ForeignKey("runtime.id", ondelete="CASCADE"))
-    user: Mapped[str] = mapped_column(String(255))
+    user: Mapped[str] = mapped_column(exact_string(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -186,7 +186,7 @@ class RuntimeCommand(Base):
     kind: Mapped[str] = mapped_column(String(20))
     dedupe_key: Mapped[str] = mapped_column(String(120), unique=True)
     assignee_id: Mapped[str | None] = mapped_column(String(36))
-    actor: Mapped[str | None] = mapped_column(String(255))
+    actor: Mapped[str | None] = mapped_column(exact_string(255))
     payload: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(20), default="requested")
     error: Mapped[str | None] = mapped_column(Text)

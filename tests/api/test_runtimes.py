@@ -145,6 +145,16 @@ def test_a_document_that_could_not_be_served_back_is_422_and_writes_nothing(
     assert queued_messages() == 0
 
 
+def test_keys_and_document_ids_differing_only_in_case_are_different(
+    client: TestClient, tenant: Tenant, workflow_id: str, api_engine: Engine
+) -> None:
+    first = execute(client, tenant, workflow_id, document_id="inv-a", key="order-abc")
+    second = execute(client, tenant, workflow_id, document_id="INV-A", key="ORDER-ABC")
+    assert first.status_code == second.status_code == 202, second.text
+    assert first.json()["runtime_id"] != second.json()["runtime_id"]
+    assert count(api_engine, Runtime) == 2
+
+
 @pytest.mark.usefixtures("broker_down")
 def test_broker_down_is_503_and_nothing_is_left_behind(
     client: TestClient, tenant: Tenant, workflow_id: str, api_engine: Engine

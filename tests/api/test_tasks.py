@@ -12,6 +12,7 @@ from tests.api.helpers import (
     API,
     OpenRuntime,
     Tenant,
+    apply_pending_commands,
     assert_no_runtime_rows,
     count,
     open_runtime,
@@ -81,6 +82,26 @@ def test_delegate_needs_someone_else(client: TestClient, tenant: Tenant, opened:
     assert missing.json()["error"]["details"] == [{"path": "$.delegate_to", "message": "required"}]
     assert act(client, tenant, task_id, action="delegate", actor="u1", delegate_to="u2").status_code == 409
     assert act(client, tenant, task_id, action="delegate", actor="u1", delegate_to="u9").status_code == 202
+
+
+def test_a_user_differing_only_in_case_is_someone_else(
+    client: TestClient, tenant: Tenant, opened: OpenRuntime, session_factory: sessionmaker[Session]
+) -> None:
+    # On MariaDB the unique keys once took "U2" for "u2": the delegation was admitted, then
+    # failed at every try, and u1's task stayed locked behind it.
+    task_id = opened.tasks["u1"]
+    assert act(client, tenant, task_id, action="delegate", actor="u1", delegate_to="U2").status_code == 202
+    apply_pending_commands(session_factory, opened.runtime_id)
+    with session_factory() as session:
+        assert session.scalars(
+            select(RuntimeCommand.status).where(RuntimeCommand.kind == "action")
+        ).all() == ["applied"]
+        holders = select(RuntimeAssignee.user).where(
+            RuntimeAssignee.runtime_id == opened.runtime_id, RuntimeAssignee.status == "pending"
+        )
+        assert sorted(session.scalars(holders)) == ["U2", "u2", "u3"]
+    inbox = client.get(f"{API}/tasks", params={"assignee": "u2"}, headers=tenant.headers).json()
+    assert [task["user"] for task in inbox["results"]] == ["u2"]
 
 
 def test_delegate_with_data_is_422_and_stores_nothing(
