@@ -18,6 +18,8 @@ from bflow_tasks.settings import settings
 MIGRATING_COMMANDS = frozenset({"db", "demo", "dev"})
 # MySQL/MariaDB: ER_NO_SUCH_TABLE, ER_BAD_FIELD_ERROR (what an older schema answers).
 MYSQL_MISSING_SCHEMA_CODES = frozenset({1146, 1054})
+# MySQL/MariaDB: access denied, unknown database, cannot connect, unknown host, server gone.
+MYSQL_UNREACHABLE_CODES = frozenset({1045, 1049, 2003, 2005, 2006, 2013})
 
 
 def _emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
@@ -31,6 +33,15 @@ def _is_missing_schema(exc: DBAPIError) -> bool:
         return str(orig).startswith(("no such table", "no such column"))
     code = orig.args[0] if orig is not None and orig.args else None
     return isinstance(code, int) and code in MYSQL_MISSING_SCHEMA_CODES
+
+
+def _is_unreachable(exc: DBAPIError) -> bool:
+    """True when the database could not be reached or logged into (SQLite, MySQL/MariaDB)."""
+    orig = exc.orig
+    if isinstance(orig, sqlite3.OperationalError):
+        return str(orig).startswith("unable to open database file")
+    code = orig.args[0] if orig is not None and orig.args else None
+    return isinstance(code, int) and code in MYSQL_UNREACHABLE_CODES
 
 
 def schema_problem(url: str) -> str | None:
@@ -53,12 +64,15 @@ def schema_problem(url: str) -> str | None:
 
 
 class BflowGroup(click.Group):
-    """The top-level group: an unmigrated database is one line on stderr, not a traceback."""
+    """The top-level group: an unreachable or unmigrated database is one line on stderr."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except DBAPIError as exc:
+            if _is_unreachable(exc):
+                where = make_url(settings.database_url).render_as_string(hide_password=True)
+                raise click.ClickException(f"cannot use the database at {where}: {exc.orig}") from None
             if ctx.invoked_subcommand in MIGRATING_COMMANDS or not _is_missing_schema(exc):
                 raise
             try:
@@ -88,9 +102,14 @@ def db() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def db_upgrade(revision: str, as_json: bool) -> None:
     """Apply the Alembic migrations to BFLOW_DATABASE_URL."""
+    from alembic.util import CommandError
+
     from bflow_tasks import migrations
 
-    migrations.upgrade(settings.database_url, revision)
+    try:
+        migrations.upgrade(settings.database_url, revision)
+    except CommandError as exc:  # an unknown --revision
+        raise click.ClickException(str(exc)) from None
     at = migrations.current(settings.database_url)
     _emit(as_json, {"revision": at}, f"database at revision {at}")
 

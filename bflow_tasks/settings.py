@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     # once in `secret_key_file`; several hosts must share one key, so set it in production.
     secret_key: SecretStr | None = None
     secret_key_file: Path = Path("./bflow-secret.key")
-    archive_after_days: int = Field(default=365, ge=0)
+    archive_after_days: int = Field(default=365, ge=0, le=36500)  # a century: the cutoff stays a date
     sla_scan_seconds: float = Field(default=60, gt=0)
     sweep_seconds: float = Field(default=30, gt=0)
     # Beat jobs work in bounded batches, so one run never holds many locks or rows at once.
@@ -47,10 +47,10 @@ class Settings(BaseSettings):
     # by the sweep; long enough that a healthy worker has always picked it up first.
     sweep_grace: timedelta = timedelta(seconds=30)
     # Redis redelivers unacked messages after this; it must exceed the longest task.
-    visibility_timeout_seconds: int = 3600
-    # How long the shim waits for the broker before answering 503.
-    publish_timeout_seconds: float = 5.0
-    max_body_bytes: int = 256 * 1024
+    visibility_timeout_seconds: int = Field(default=3600, gt=0)
+    # How long a publish waits on the broker, per try, before the shim answers 503.
+    publish_timeout_seconds: float = Field(default=5.0, gt=0)
+    max_body_bytes: int = Field(default=256 * 1024, ge=1)
     sql_echo: bool = False
     # Connections each process keeps open to MySQL. The shim serves up to 40 requests at once
     # (Starlette's thread pool); a pool smaller than its concurrency opens and closes a
@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     # Operations. `json` log lines carry the correlation id and tenant/runtime/task ids;
     # `text` (the default) reads better at a terminal (`bflow dev`, `bflow demo`).
     log_format: Literal["text", "json"] = "text"
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # /health answers from a cache this fresh, so a probe storm costs one control broadcast.
     health_cache_seconds: float = Field(default=5.0, ge=0)
     # How long /health waits for workers to answer the `active_queues` broadcast (it always
@@ -80,6 +80,18 @@ class Settings(BaseSettings):
             except ValueError:
                 return value
         return value
+
+    @field_validator("sweep_grace")
+    @classmethod
+    def _not_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("must not be negative")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _lease_outlasts_an_attempt(self) -> Settings:

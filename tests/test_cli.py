@@ -200,3 +200,24 @@ def test_demo_json_reports_an_unexpected_error_as_one_object(tmp_path):
     assert summary["ok"] is False and summary["tenant_id"] is None
     assert "unable to open database file" in summary["error"]
     assert "Traceback" in result.stderr  # the details stay on stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "command"),
+    [
+        ("mysql+pymysql://root@127.0.0.1:1/bflow", ("tenant", "create", "Acme")),  # nothing listens
+        ("sqlite:////nonexistent-dir/bflow.db", ("db", "upgrade")),
+    ],
+)
+def test_an_unreachable_database_is_one_error_line(tmp_path, url, command):
+    result = run(tmp_path, *command, env={"BFLOW_DATABASE_URL": url})
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: cannot use the database at "), line
+
+
+def test_an_unknown_revision_is_one_error_line(tmp_path):
+    result = run(tmp_path, "db", "upgrade", "--revision", "nope")
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: ") and "nope" in line, line

@@ -37,3 +37,25 @@ def test_a_webhook_lease_from_the_environment_is_checked_too(monkeypatch):
     monkeypatch.setenv("BFLOW_WEBHOOK_LEASE_SECONDS", "20")
     with pytest.raises(ValidationError, match="must exceed"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("BFLOW_MAX_BODY_BYTES", "0"),  # every request, /health included, would be a 413
+        ("BFLOW_PUBLISH_TIMEOUT_SECONDS", "-1"),
+        ("BFLOW_VISIBILITY_TIMEOUT_SECONDS", "0"),
+        ("BFLOW_SWEEP_GRACE", "-30"),
+        ("BFLOW_ARCHIVE_AFTER_DAYS", "1000000"),  # the cutoff would overflow every date
+        ("BFLOW_LOG_LEVEL", "verbose"),
+    ],
+)
+def test_a_setting_out_of_its_range_is_refused_at_start_up(monkeypatch, name, raw):
+    monkeypatch.setenv(name, raw)
+    with pytest.raises(ValidationError, match=name.removeprefix("BFLOW_").lower()):
+        Settings()
+
+
+def test_the_log_level_may_be_given_in_any_case(monkeypatch):
+    monkeypatch.setenv("BFLOW_LOG_LEVEL", "debug")
+    assert Settings().log_level == "DEBUG"
