@@ -152,6 +152,18 @@ def test_escalation_adds_a_stand_in_whose_approval_completes_the_stage(
     assert events(session_factory, "task.overdue") == {"u2": 1}
     assert events(session_factory, "task.escalated") == {"u2": 1}
     assert events(session_factory, "task.assigned")["boss"] == 1
+    with session_factory() as s:  # the order the README gives
+        last = s.execute(
+            select(RuntimeEvent.type, RuntimeEvent.data)
+            .where(RuntimeEvent.runtime_id == rid)
+            .order_by(RuntimeEvent.sequence.desc())
+            .limit(3)
+        ).all()
+    assert [(kind, data["assignee"]) for kind, data in reversed(last)] == [
+        ("task.overdue", "u2"),
+        ("task.assigned", "boss"),
+        ("task.escalated", "u2"),
+    ]
 
     d.act(rid, "boss")
     assert d.status(rid) == "completed"
