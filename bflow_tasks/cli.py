@@ -28,20 +28,22 @@ def _emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
 
 def _is_missing_schema(exc: DBAPIError) -> bool:
     """True when the database answered "no such table/column" (SQLite, MySQL/MariaDB)."""
-    orig = exc.orig
-    if isinstance(orig, sqlite3.OperationalError):
-        return str(orig).startswith(("no such table", "no such column"))
-    code = orig.args[0] if orig is not None and orig.args else None
-    return isinstance(code, int) and code in MYSQL_MISSING_SCHEMA_CODES
+    if isinstance(exc.orig, sqlite3.OperationalError):
+        return str(exc.orig).startswith(("no such table", "no such column"))
+    return _mysql_code(exc) in MYSQL_MISSING_SCHEMA_CODES
 
 
 def _is_unreachable(exc: DBAPIError) -> bool:
     """True when the database could not be reached or logged into (SQLite, MySQL/MariaDB)."""
-    orig = exc.orig
-    if isinstance(orig, sqlite3.OperationalError):
-        return str(orig).startswith("unable to open database file")
-    code = orig.args[0] if orig is not None and orig.args else None
-    return isinstance(code, int) and code in MYSQL_UNREACHABLE_CODES
+    if isinstance(exc.orig, sqlite3.OperationalError):
+        return str(exc.orig).startswith("unable to open database file")
+    return _mysql_code(exc) in MYSQL_UNREACHABLE_CODES
+
+
+def _mysql_code(exc: DBAPIError) -> int | None:
+    """The MySQL/MariaDB error number PyMySQL raised with, or None."""
+    code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+    return code if isinstance(code, int) else None
 
 
 def schema_problem(url: str) -> str | None:
