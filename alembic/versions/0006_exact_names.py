@@ -8,7 +8,7 @@ The tables' utf8mb4_unicode_ci collation ignores case, accents and trailing spac
 MariaDB took "U2" and "u2" for one user in the unique keys, while the engine (and SQLite)
 saw two: a delegation to "U2" on a stage where "u2" has a task was accepted, then failed on
 the unique key at every try, and the task stayed locked; "ORDER-ABC" replayed the
-Idempotency-Key "order-abc"; `GET /tasks?user=bob` listed Bob's tasks. These columns become
+Idempotency-Key "order-abc"; `GET /tasks?assignee=bob` listed Bob's tasks. These columns become
 utf8mb4_bin (compared byte for byte, as the engine compares them), in the live tables and
 their archive twins. SQLite already compares strings exactly: nothing changes there.
 
