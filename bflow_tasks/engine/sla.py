@@ -11,7 +11,9 @@ Candidates are found through `idx_runtime_assignee_status_due` and
 waits for the next run. Runtimes are handled `RUNTIMES_PER_TRANSACTION` at a time, locked in
 id order by one statement, so the scan holds few locks at once, cannot deadlock with itself,
 and pays one commit per group rather than per runtime. A group that fails is retried one
-runtime per transaction, so that one broken runtime never holds back the others.
+runtime per transaction, so that one broken runtime never holds back the others; the tasks of
+a runtime that still fails get `sla_retry_at` and are left out until then, so that broken
+runtimes never fill a batch and hold back everyone else's.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import ColumnElement, Select, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from bflow_tasks.engine import clock, escalation, journal, stages
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 
 # Enough to pay one commit for many runtimes' events, few enough to keep row locks short.
 RUNTIMES_PER_TRANSACTION = 50
+# A runtime the scan could not handle is tried again this much later (and logged each time).
+RETRY_BROKEN_AFTER = timedelta(minutes=10)
 # Per runtime: the ids of its tasks found overdue, and of those with a reminder due.
 Work = Mapping[str, tuple[list[str], list[str]]]
 
@@ -42,7 +46,7 @@ def overdue_query(now: datetime, limit: int) -> Select[str, str]:
     """Pending tasks past their due time, oldest first (a range on idx_runtime_assignee_status_due)."""
     return (
         select(RuntimeAssignee.id, RuntimeAssignee.runtime_id)
-        .where(RuntimeAssignee.status == "pending", RuntimeAssignee.due_at <= now)
+        .where(RuntimeAssignee.status == "pending", RuntimeAssignee.due_at <= now, _not_held_back(now))
         .order_by(RuntimeAssignee.due_at)
         .limit(limit)
     )
@@ -54,9 +58,19 @@ def reminder_query(now: datetime, limit: int) -> Select[str, str]:
     # each task sent drops out of the range, so every due one is reached in a later run.
     return (
         select(RuntimeAssignee.id, RuntimeAssignee.runtime_id)
-        .where(RuntimeAssignee.status.in_(stages.OPEN_TASK_STATUSES), RuntimeAssignee.next_reminder_at <= now)
+        .where(
+            RuntimeAssignee.status.in_(stages.OPEN_TASK_STATUSES),
+            RuntimeAssignee.next_reminder_at <= now,
+            _not_held_back(now),
+        )
         .limit(limit)
     )
+
+
+def _not_held_back(now: datetime) -> ColumnElement[bool]:
+    # Checked on the rows the index range finds: held-back tasks are few and never count
+    # towards the batch.
+    return or_(RuntimeAssignee.sla_retry_at.is_(None), RuntimeAssignee.sla_retry_at <= now)
 
 
 def scan(scope: SessionScope, *, batch: int = 500) -> dict[str, Any]:
@@ -93,12 +107,23 @@ def _scan_one_by_one(scope: SessionScope, work: Work, *, now: datetime) -> Count
             with scope() as session:
                 done = _scan_runtimes(session, {runtime_id: tasks}, now=now)
         except Exception:
-            # One broken runtime must not stop the others' reminders; it is retried next run.
-            log.exception("SLA scan failed for runtime %s", runtime_id)
+            # One broken runtime must not stop the others' reminders, now or in later runs.
+            log.exception("SLA scan failed for runtime %s; retrying after %s", runtime_id, RETRY_BROKEN_AFTER)
             counts["errors"] += 1
+            _hold_back(scope, [*tasks[0], *tasks[1]], until=now + RETRY_BROKEN_AFTER)
         else:
             counts.update(done)  # once committed
     return counts
+
+
+def _hold_back(scope: SessionScope, task_ids: list[str], *, until: datetime) -> None:
+    try:
+        with scope() as session:
+            session.execute(
+                update(RuntimeAssignee).where(RuntimeAssignee.id.in_(task_ids)).values(sla_retry_at=until)
+            )
+    except Exception:
+        log.exception("could not hold back the tasks of a runtime the SLA scan failed on")
 
 
 def _no_counts() -> Counter[str]:

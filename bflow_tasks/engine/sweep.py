@@ -1,15 +1,19 @@
 """Reconciliation: find work whose message was lost, so the sweep can enqueue it again.
 
-Each item found is stamped `swept_at`. It is sent again only after a wait that doubles each
-time (at least the grace period, and at least as long as it had already waited), so a
-backlog that takes longer than the grace to drain is not re-published over and over.
+An item is first re-sent a grace period after it was created. Each re-send sets
+`next_sweep_at`, after a wait that doubles each time (at least the grace period, and at
+least as long as it had already waited), so a backlog that takes longer than the grace to
+drain is not re-published over and over. Only due items are read, through an index, and
+the longest-due go first: items still waiting never fill a batch and hold back the others.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.orm import Session
 
 from bflow_tasks.engine import clock
@@ -17,40 +21,61 @@ from bflow_tasks.models import RuntimeCommand, RuntimeStage
 
 BATCH = 500
 
+Swept = TypeVar("Swept", bound=RuntimeCommand | RuntimeStage)
+
+
+# What is still unfinished, as the sweep's indexes lead with it.
+UNAPPLIED = (RuntimeCommand.status == "requested",)
+UNSTARTED = (RuntimeStage.status == "open", RuntimeStage.started_at.is_(None))
+
 
 def stale_commands(session: Session, *, grace: timedelta) -> list[RuntimeCommand]:
-    """Return (and stamp) commands still not applied, each once per backoff period."""
-    now = clock.now()
-    last_sent = func.coalesce(RuntimeCommand.swept_at, RuntimeCommand.created_at)
-    candidates = session.scalars(
-        select(RuntimeCommand)
-        .where(RuntimeCommand.status == "requested", last_sent < now - grace)
-        .order_by(last_sent)
-        .limit(BATCH)
-    )
-    due = [c for c in candidates if _due(now, created=c.created_at, swept=c.swept_at, grace=grace)]
-    for command in due:
-        command.swept_at = now
-    return due
+    """Return (and schedule the next re-send of) commands still not applied that are due."""
+    return _due(session, RuntimeCommand, UNAPPLIED, grace=grace)
 
 
 def unstarted_stages(session: Session, *, grace: timedelta) -> list[str]:
-    """Return (and stamp) stages whose opening chord has not finished, each once per backoff period."""
-    now = clock.now()
-    last_sent = func.coalesce(RuntimeStage.swept_at, RuntimeStage.created_at)
-    candidates = session.scalars(
-        select(RuntimeStage)
-        .where(RuntimeStage.status == "open", RuntimeStage.started_at.is_(None), last_sent < now - grace)
-        .order_by(last_sent)
+    """Return (and schedule the next re-send of) due stages whose opening chord has not finished."""
+    return [stage.id for stage in _due(session, RuntimeStage, UNSTARTED, grace=grace)]
+
+
+def first_send_query(
+    model: type[Swept], unfinished: Sequence[ColumnElement[bool]], *, now: datetime, grace: timedelta
+) -> Select[Swept]:
+    """Unfinished items never re-sent and older than the grace, oldest first."""
+    return (
+        select(model)
+        .where(*unfinished, model.next_sweep_at.is_(None), model.created_at < now - grace)
+        .order_by(model.created_at)
         .limit(BATCH)
     )
-    due = [s for s in candidates if _due(now, created=s.created_at, swept=s.swept_at, grace=grace)]
-    for stage in due:
-        stage.swept_at = now
-    return [stage.id for stage in due]
 
 
-def _due(now: datetime, *, created: datetime, swept: datetime | None, grace: timedelta) -> bool:
-    if swept is None:
-        return True  # the query already waited the grace period
-    return now - swept >= max(grace, swept - created)
+def resend_query(
+    model: type[Swept], unfinished: Sequence[ColumnElement[bool]], *, now: datetime
+) -> Select[Swept]:
+    """Unfinished items re-sent before and due again, longest due first."""
+    return (
+        select(model)
+        .where(*unfinished, model.next_sweep_at <= now)
+        .order_by(model.next_sweep_at)
+        .limit(BATCH)
+    )
+
+
+def _due(
+    session: Session, model: type[Swept], unfinished: Sequence[ColumnElement[bool]], *, grace: timedelta
+) -> list[Swept]:
+    now = clock.now()
+    found = [
+        *session.scalars(first_send_query(model, unfinished, now=now, grace=grace)),
+        *session.scalars(resend_query(model, unfinished, now=now)),
+    ]
+    due = sorted(found, key=lambda row: _due_at(row, grace))[:BATCH]
+    for row in due:
+        row.next_sweep_at = now + max(grace, now - row.created_at)
+    return due
+
+
+def _due_at(row: RuntimeCommand | RuntimeStage, grace: timedelta) -> datetime:
+    return row.next_sweep_at or row.created_at + grace

@@ -64,8 +64,8 @@ class RuntimeStage(Base):
         Index("idx_runtime_stage_runtime_status", "runtime_id", "status"),
         Index("idx_runtime_stage_node", "node_id"),
         Index("idx_runtime_stage_created_at", "created_at"),
-        # Sweep: stages whose opening chord never finished.
-        Index("idx_runtime_stage_status_started", "status", "started_at"),
+        # Sweep: stages whose opening chord never finished, first sent or due again.
+        Index("idx_runtime_stage_status_sweep", "status", "started_at", "next_sweep_at", "created_at"),
         # The same node is opened at most once per visit: two racing transitions that both
         # decide to open it cannot both commit.
         UniqueConstraint("runtime_id", "node_key", "visit", name="uq_runtime_stage_visit"),
@@ -91,8 +91,8 @@ class RuntimeStage(Base):
     # Set by the opening chord's body; NULL means "opening" (the sweep finishes it).
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
-    # When the sweep last re-sent this stage's opening: it waits a full grace period again.
-    swept_at: Mapped[datetime | None]
+    # When the sweep may re-send this stage's opening again (NULL: never re-sent yet).
+    next_sweep_at: Mapped[datetime | None]
 
     assignees: Mapped[list[RuntimeAssignee]] = relationship(
         order_by="(RuntimeAssignee.created_at, RuntimeAssignee.id)", passive_deletes=True
@@ -127,6 +127,8 @@ class RuntimeAssignee(Base):
     escalated_at: Mapped[datetime | None]
     next_reminder_at: Mapped[datetime | None]
     last_reminded_at: Mapped[datetime | None]
+    # Set when the SLA scan could not handle the task's runtime: left out until then.
+    sla_retry_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None]
 
@@ -178,6 +180,8 @@ class RuntimeCommand(Base):
     __tablename__ = "runtime_command"
     __table_args__ = (
         Index("idx_runtime_command_status_created", "status", "created_at"),
+        # Sweep: commands never re-sent (NULL, by age) or due again (by next_sweep_at).
+        Index("idx_runtime_command_status_sweep", "status", "next_sweep_at", "created_at"),
         Index("idx_runtime_command_runtime", "runtime_id"),
     )
 
@@ -192,8 +196,8 @@ class RuntimeCommand(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     applied_at: Mapped[datetime | None]
-    # When the sweep last re-sent this command: it waits a full grace period again.
-    swept_at: Mapped[datetime | None]
+    # When the sweep may re-send this command again (NULL: never re-sent yet).
+    next_sweep_at: Mapped[datetime | None]
 
 
 class RuntimeEvent(Base):

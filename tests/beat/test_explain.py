@@ -1,4 +1,4 @@
-"""On MariaDB, the SLA scan's and the archive's selections are index range reads, never full scans."""
+"""On MariaDB, the SLA scan's, the sweep's and the archive's selections are index range reads."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, Select, insert, select, text
 
-from bflow_tasks.engine import archive, sla
-from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeStage
+from bflow_tasks.engine import archive, sla, sweep
+from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeCommand, RuntimeStage
 from tests.beat.conftest import T0
 from tests.engine.driver import Driver
 from tests.factories import leave_request_definition
@@ -80,10 +80,46 @@ def populated(engine: Engine, session_factory) -> Engine:
         }
         for n in range(ROWS)
     ]
+    with session_factory() as s:
+        node_id = s.scalars(select(RuntimeStage.node_id).where(RuntimeStage.id == stage_id)).one()
+    # Most commands are applied and most stages started; a few are lost, some re-sent before.
+    commands = [
+        {
+            "id": f"c-{n:05d}",
+            "runtime_id": runtime_id,
+            "kind": "action",
+            "dedupe_key": f"k-{n}",
+            "payload": {},
+            "status": "applied" if n % 50 else "requested",
+            "created_at": T0 - timedelta(minutes=n % 60),
+            "next_sweep_at": T0 + timedelta(minutes=n % 7 - 3) if n % 3 == 0 else None,
+        }
+        for n in range(ROWS)
+    ]
+    stages = [
+        {
+            "id": f"s-{n:05d}",
+            "runtime_id": f"r-{n:05d}",
+            "node_id": node_id,
+            "node_key": "manager_review",
+            "action": "approve",
+            "round": 1,
+            "visit": 1,
+            "sequence": 1,
+            "status": "completed" if n % 50 else "open",
+            "approvers": [],
+            "created_at": T0 - timedelta(minutes=n % 60),
+            "started_at": T0 if n % 100 else None,
+            "next_sweep_at": T0 + timedelta(minutes=n % 7 - 3) if n % 3 == 0 else None,
+        }
+        for n in range(ROWS)
+    ]
     with engine.begin() as conn:
         conn.execute(insert(RuntimeAssignee), assignees)
         conn.execute(insert(Runtime), runtimes)
-        conn.execute(text("ANALYZE TABLE runtime_assignee, runtime"))
+        conn.execute(insert(RuntimeCommand), commands)
+        conn.execute(insert(RuntimeStage), stages)
+        conn.execute(text("ANALYZE TABLE runtime_assignee, runtime, runtime_command, runtime_stage"))
     return engine
 
 
@@ -105,3 +141,24 @@ def test_the_archive_selection_reads_idx_runtime_ended_at(populated: Engine) -> 
         row = explain(conn, archive.due_query(T0 - timedelta(days=365), 500), "runtime")
     assert_uses_an_index(row, "idx_runtime_ended_at")
     assert "filesort" not in (row["Extra"] or "")  # LIMIT stops after one batch of the range
+
+
+@pytest.mark.parametrize(
+    ("model", "unfinished", "index"),
+    [
+        (RuntimeCommand, sweep.UNAPPLIED, "idx_runtime_command_status_sweep"),
+        (RuntimeStage, sweep.UNSTARTED, "idx_runtime_stage_status_sweep"),
+    ],
+)
+def test_the_sweeps_selections_read_their_index_in_order(
+    populated: Engine, model: Any, unfinished: Any, index: str
+) -> None:
+    grace = timedelta(seconds=30)
+    with populated.connect() as conn:
+        for query in (
+            sweep.first_send_query(model, unfinished, now=T0, grace=grace),
+            sweep.resend_query(model, unfinished, now=T0),
+        ):
+            row = explain(conn, query, model.__tablename__)
+            assert_uses_an_index(row, index)
+            assert "filesort" not in (row["Extra"] or "")  # LIMIT stops after one batch of the range

@@ -295,5 +295,32 @@ def test_a_broken_runtime_is_retried_alone_and_does_not_hold_back_its_group(
     assert scan(session_factory) == {"overdue": 0, "escalated": 0, "reminded": 3, "errors": 1, "more": 0}
     assert sum(events(session_factory, "task.reminded").values()) == 3
     monkeypatch.setattr(sla, "_remind", remind)
+    assert scan(session_factory)["reminded"] == 0  # held back until its retry time
+    fake_clock.advance(seconds=sla.RETRY_BROKEN_AFTER.total_seconds())
     assert scan(session_factory)["reminded"] == 1  # its reminder is still due
     assert sum(events(session_factory, "task.reminded").values()) == 4
+
+
+def test_runtimes_that_keep_failing_do_not_hold_back_everyone_elses_tasks(
+    d: Driver, session_factory, fake_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workflow_id = d.workflow(review(["u1"], sla_hours=1))
+    broken = {d.submit(workflow_id, {}, document_id=f"B{n}") for n in range(2)}
+    fake_clock.advance(minutes=1)
+    healthy = d.submit(workflow_id, {}, document_id="H")  # due a minute after the broken ones
+    mark_overdue = sla._mark_overdue
+
+    def fail_for_broken(session: Session, runtime: Any, *args: Any, **kwargs: Any) -> int:
+        if runtime.id in broken:
+            raise RuntimeError("broken runtime")
+        return mark_overdue(session, runtime, *args, **kwargs)
+
+    monkeypatch.setattr(sla, "_mark_overdue", fail_for_broken)
+    fake_clock.advance(hours=2)
+    nothing = {"overdue": 0, "escalated": 0, "reminded": 0}
+    assert scan(session_factory, batch=2) == {**nothing, "errors": 2, "more": 1}
+    assert scan(session_factory, batch=2) == {**nothing, "overdue": 1, "errors": 0, "more": 0}
+    assert task(session_factory, healthy, "u1").status == "overdue"
+    assert scan(session_factory, batch=2) == {**nothing, "errors": 0, "more": 0}
+    fake_clock.advance(seconds=sla.RETRY_BROKEN_AFTER.total_seconds())
+    assert scan(session_factory, batch=2) == {**nothing, "errors": 2, "more": 1}  # tried again

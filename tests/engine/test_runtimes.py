@@ -809,6 +809,35 @@ def test_the_sweep_resends_lost_work_with_a_doubling_wait(d, session_factory):
         clock.set_clock(None)
 
 
+def test_commands_still_waiting_do_not_fill_the_sweeps_batch(d, session_factory, monkeypatch):
+    monkeypatch.setattr(sweep, "BATCH", 2)
+    workflow_id = d.workflow(single_stage([{"users": ["a"]}]))
+    stuck = [d.request(d.submit(workflow_id, {}, document_id=f"S{n}"), "a", "approve") for n in range(2)]
+    late = d.request(d.submit(workflow_id, {}, document_id="L"), "a", "approve")
+    grace = timedelta(seconds=30)
+    start = datetime.now(UTC).replace(tzinfo=None)
+
+    def sweep_at(offset: int) -> list[str]:
+        clock.set_clock(lambda: start + timedelta(seconds=offset))
+        with session_factory.begin() as s:
+            return [command.id for command in sweep.stale_commands(s, grace=grace)]
+
+    try:
+        with session_factory.begin() as s:  # lost a minute after the two stuck ones
+            s.execute(
+                update(RuntimeCommand)
+                .where(RuntimeCommand.id == late)
+                .values(created_at=start + timedelta(seconds=64))
+            )
+        assert sorted(sweep_at(31)) == sorted(stuck)  # re-sent, next at 62 s
+        assert sorted(sweep_at(63)) == sorted(stuck)  # re-sent, next at 126 s
+        # The late command is due since 94 s; the stuck ones, older, are not due yet.
+        assert sweep_at(100) == [late]
+        assert sweep_at(101) == []
+    finally:
+        clock.set_clock(None)
+
+
 def test_two_delegations_to_one_user_refuse_the_second_and_free_its_task(d, session_factory):
     rid = d.submit(d.workflow(single_stage([{"users": ["a", "b"]}], "all")), {})
     first = d.request(rid, "a", "delegate", delegate_to="x")
