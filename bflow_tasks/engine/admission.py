@@ -7,6 +7,8 @@ the command later, in a worker. A refused request raises a domain error and writ
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -51,6 +53,10 @@ def submit(
     """
     target = admission_target(session, tenant_id=tenant_id, workflow_id=workflow_id)
     refusal = _refusal(target, workflow_id, document_type)
+    fingerprint = None
+    if idempotency_key is not None:
+        request = (workflow_id, document_type, document_id, data, submitted_by)
+        fingerprint = _fingerprint(request)
     if refusal is None:
         now = clock.now()
         runtime = Runtime(
@@ -65,6 +71,7 @@ def submit(
             status="pending",
             submitted_by=submitted_by,
             idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
             created_at=now,
             updated_at=now,  # equal until something touches the runtime (see `withdraw`)
         )
@@ -90,12 +97,11 @@ def submit(
         else:
             _insert(session, command)
             return runtime, command
-    request = {"workflow_id": workflow_id, "document_type": document_type, "document_id": document_id}
     earlier = _earlier_submission(session, tenant_id, idempotency_key, document_type, document_id)
     if earlier is not None and idempotency_key is not None and earlier.idempotency_key == idempotency_key:
         # A retry gets its first answer, whatever changed since, and keeps the runtime from
         # being withdrawn by a first request still waiting on the broker.
-        return _kept(_replayed(earlier, request)), None
+        return _kept(_replayed(earlier, (workflow_id, document_type, document_id), fingerprint)), None
     if earlier is not None:
         raise Conflict(
             f"document {document_type}/{document_id} is already in flight", details={"runtime_id": earlier.id}
@@ -311,8 +317,16 @@ def _kept(runtime: Runtime) -> Runtime:
     return runtime
 
 
-def _replayed(earlier: Runtime, request: dict[str, str]) -> Runtime:
-    same = (earlier.workflow_id, earlier.document_type, earlier.document_id) == tuple(request.values())
-    if not same:
+def _replayed(earlier: Runtime, document: tuple[str, str, str], fingerprint: str | None) -> Runtime:
+    if (earlier.workflow_id, earlier.document_type, earlier.document_id) != document:
         raise Conflict("Idempotency-Key was already used for another document")
+    # Runtimes admitted before fingerprints were kept have none: their document must do.
+    if earlier.request_fingerprint is not None and earlier.request_fingerprint != fingerprint:
+        raise Conflict("Idempotency-Key was already used for this document with other data or submitter")
     return earlier
+
+
+def _fingerprint(request: tuple[Any, ...]) -> str:
+    """The SHA-256 of a request in canonical JSON (keys sorted), the same for equal requests."""
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()

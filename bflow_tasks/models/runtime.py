@@ -40,6 +40,8 @@ class Runtime(Base):
     status: Mapped[str] = mapped_column(String(20), default="pending")
     submitted_by: Mapped[str] = mapped_column(exact_string(255))
     idempotency_key: Mapped[str | None] = mapped_column(exact_string(255))
+    # SHA-256 of the request an Idempotency-Key was first sent with: a replay must match it.
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     in_flight: Mapped[bool | None] = mapped_column(Boolean, default=True)
     # Bumped on every resubmit: stages of an earlier round never block a later one.
     round: Mapped[int] = mapped_column(Integer, default=1)

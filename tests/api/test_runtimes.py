@@ -61,7 +61,11 @@ def test_idempotency_key_replay_answers_the_same_runtime_and_queues_nothing(
     assert queued_messages() == 1
     other_document = execute(client, tenant, workflow_id, key="k-1", document_id="LR-2")
     assert other_document.status_code == 409
+    other_data = execute(client, tenant, workflow_id, key="k-1", data={"amount": 99})
+    assert other_data.status_code == 409
+    assert "other data" in other_data.json()["error"]["message"]
     assert count(api_engine, Runtime) == 1
+    assert queued_messages() == 1
     too_long = execute(client, tenant, workflow_id, key="k" * 256, document_id="LR-3")
     assert too_long.status_code == 422
     assert too_long.json()["error"]["details"][0]["path"] == "header.Idempotency-Key"

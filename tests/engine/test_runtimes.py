@@ -533,8 +533,31 @@ def test_idempotency_key_replays_and_in_flight_document_conflicts(d, session_fac
     assert in_flight.value.details == {"runtime_id": first_id}
     with session_factory() as s, pytest.raises(Conflict):
         admission.submit(s, document_id="D10", idempotency_key="k1", **args)
+    for changed in ({"data": {"amount": 2}}, {"submitted_by": "bob"}):
+        with session_factory() as s, pytest.raises(Conflict, match="other data or submitter"):
+            admission.submit(s, document_id="D9", idempotency_key="k1", **{**args, **changed})
     with session_factory() as s:
         assert s.scalar(select(func.count()).select_from(RuntimeCommand)) == 1
+
+
+def test_a_replay_of_a_runtime_admitted_without_a_fingerprint_is_checked_by_document(d, session_factory):
+    wf = d.workflow(leave_request_definition())
+    args = {
+        "tenant_id": d.tenant_id,
+        "workflow_id": wf,
+        "document_type": "leave_request",
+        "submitted_by": "a",
+    }
+    with session_factory.begin() as s:
+        first, _ = admission.submit(s, document_id="D9", idempotency_key="k1", data={"amount": 1}, **args)
+        first_id = first.id
+    with session_factory.begin() as s:  # as admitted before migration 0008
+        s.execute(update(Runtime).where(Runtime.id == first_id).values(request_fingerprint=None))
+    with session_factory.begin() as s:
+        again, command = admission.submit(
+            s, document_id="D9", idempotency_key="k1", data={"amount": 2}, **args
+        )
+        assert (again.id, command) == (first_id, None)
 
 
 def test_withdraw_removes_only_a_submission_nothing_has_touched(d, session_factory):
