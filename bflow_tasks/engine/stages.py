@@ -191,15 +191,18 @@ def _cancel_overtaken(
     """
     this_round = [s for s in runtime.stages if s.round == runtime.round and s.status == "open"]
     for stage in this_round:
-        if not _overtaken_by(definition, stage.node_key, [join]):
-            continue
-        if stage.started_at is None:
-            _start(session, runtime, stage)  # its opening was under way: it did start, in order
-        stage.status, stage.completed_at = "cancelled", clock.now()
-        _cancel_pending([stage])
-        message = f"overtaken at the join '{join}'"
-        journal.log(session, runtime, "stage.cancelled", stage=stage, message=message)
-        journal.emit(session, runtime, "stage.completed", stage=stage, status="cancelled")
+        if _overtaken_by(definition, stage.node_key, [join]):
+            _cancel(session, runtime, stage, message=f"overtaken at the join '{join}'")
+
+
+def _cancel(session: Session, runtime: Runtime, stage: RuntimeStage, *, message: str) -> None:
+    """Cancel an open stage and its open tasks; `stage.completed` (cancelled) lets consumers close them."""
+    if stage.started_at is None:
+        _start(session, runtime, stage)  # its opening was under way: it did start, in order
+    stage.status, stage.completed_at = "cancelled", clock.now()
+    _cancel_pending([stage])
+    journal.log(session, runtime, "stage.cancelled", stage=stage, message=message)
+    journal.emit(session, runtime, "stage.completed", stage=stage, status="cancelled")
 
 
 def _targets(definition: WorkflowDefinition, node_key: str, outcome: str, data: dict[str, Any]) -> list[str]:
@@ -398,7 +401,7 @@ def complete_stage(session: Session, runtime: Runtime, stage: RuntimeStage, *, o
 
 def send_back(session: Session, runtime: Runtime, *, actor: str | None) -> None:
     """Return the runtime to its submitter for revision; a resubmit continues it."""
-    _cancel_open(runtime)
+    _cancel_open(session, runtime, why="the runtime was returned")
     runtime.status = "returned"
     journal.log(session, runtime, "runtime.returned", actor=actor)
     journal.emit(session, runtime, "runtime.returned", actor=actor, status="returned")
@@ -408,7 +411,7 @@ def finish(
     session: Session, runtime: Runtime, status: str, *, actor: str | None = None, reason: str | None = None
 ) -> None:
     """End the runtime in a final status; whatever is still open is cancelled."""
-    _cancel_open(runtime)
+    _cancel_open(session, runtime, why=f"the runtime ended: {status}")
     runtime.status = status
     runtime.ended_at = clock.now()
     runtime.in_flight = None  # frees the document for a new submission
@@ -418,11 +421,9 @@ def finish(
     journal.emit(session, runtime, f"runtime.{status}", actor=actor, status=status)
 
 
-def _cancel_open(runtime: Runtime) -> None:
-    still_open = [stage for stage in runtime.stages if stage.status == "open"]
-    for stage in still_open:
-        stage.status, stage.completed_at = "cancelled", clock.now()
-    _cancel_pending(still_open)
+def _cancel_open(session: Session, runtime: Runtime, *, why: str) -> None:
+    for stage in [stage for stage in runtime.stages if stage.status == "open"]:
+        _cancel(session, runtime, stage, message=why)
 
 
 def _cancel_pending(stages: list[RuntimeStage]) -> None:

@@ -233,6 +233,27 @@ def test_join_any_opens_on_first_arrival_and_cancels_the_branch_it_overtook(d):
     assert "stage.cancelled" in logs
 
 
+@pytest.mark.parametrize("end", ["reject", "return", "cancel"])
+def test_a_runtimes_end_reports_every_stage_it_cancels(d, end):
+    rid = d.submit(d.workflow(split_join("all")), {})  # legal and it open side by side
+    if end == "cancel":
+        d.cancel(rid)
+    else:
+        d.act(rid, "l1", end)
+    with d.sf() as s:
+        events = s.scalars(
+            select(RuntimeEvent).where(RuntimeEvent.runtime_id == rid).order_by(RuntimeEvent.sequence)
+        ).all()
+        logs = s.scalars(select(RuntimeLog.action).where(RuntimeLog.runtime_id == rid)).all()
+    it_stage = next(e.data["stage_id"] for e in events if e.data.get("node") == "it")
+    it_events = [(e.type, e.data.get("status")) for e in events if e.data.get("stage_id") == it_stage]
+    assert it_events[-1] == ("stage.completed", "cancelled")  # consumers can close its inbox items
+    assert [e.type for e in events][-1] == {"reject": "runtime.rejected", "return": "runtime.returned"}.get(
+        end, "runtime.cancelled"
+    )
+    assert logs.count("stage.cancelled") == (2 if end == "cancel" else 1)
+
+
 def test_join_any_leaves_open_a_branch_that_has_another_way_on(d):
     flow = split_join("any")
     flow["nodes"].insert(-1, approve_node("audit", [{"users": ["aud"]}]))
