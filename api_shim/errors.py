@@ -9,9 +9,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bflow_tasks import db
 from bflow_tasks.engine import errors as engine_errors
 from bflow_tasks.engine.definitions import DefinitionError
 
@@ -89,8 +90,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(IntegrityError, _integrity_error)
-    app.add_exception_handler(OperationalError, _database_unavailable)
-    app.add_exception_handler(InterfaceError, _database_unavailable)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected)
 
 
@@ -143,8 +143,13 @@ async def _integrity_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "conflict", "the request conflicts with one accepted concurrently")
 
 
-async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    # The database did not answer (down, restarting, connection lost): the request's
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DBAPIError)
+    if not db.is_unavailable(exc):
+        # The statement or its data is at fault (a CHECK constraint, a value out of range):
+        # the same request would fail again, so a 503 would have the client retry forever.
+        return await _unexpected(request, exc)
+    # The database is down, restarting, overloaded or timed out on a lock: the request's
     # transaction did not commit, so nothing was accepted; the client should retry.
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
     return error_response(

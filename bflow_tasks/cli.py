@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import sqlite3
 import sys
 from typing import Any
 
@@ -16,34 +15,10 @@ from bflow_tasks.settings import settings
 
 # Commands that bring the schema up themselves: a missing table there is a bug to show whole.
 MIGRATING_COMMANDS = frozenset({"db", "demo", "dev"})
-# MySQL/MariaDB: ER_NO_SUCH_TABLE, ER_BAD_FIELD_ERROR (what an older schema answers).
-MYSQL_MISSING_SCHEMA_CODES = frozenset({1146, 1054})
-# MySQL/MariaDB: access denied, unknown database, cannot connect, unknown host, server gone.
-MYSQL_UNREACHABLE_CODES = frozenset({1045, 1049, 2003, 2005, 2006, 2013})
 
 
 def _emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
     click.echo(json.dumps(payload, default=str) if as_json else text)
-
-
-def _is_missing_schema(exc: DBAPIError) -> bool:
-    """True when the database answered "no such table/column" (SQLite, MySQL/MariaDB)."""
-    if isinstance(exc.orig, sqlite3.OperationalError):
-        return str(exc.orig).startswith(("no such table", "no such column"))
-    return _mysql_code(exc) in MYSQL_MISSING_SCHEMA_CODES
-
-
-def _is_unreachable(exc: DBAPIError) -> bool:
-    """True when the database could not be reached or logged into (SQLite, MySQL/MariaDB)."""
-    if isinstance(exc.orig, sqlite3.OperationalError):
-        return str(exc.orig).startswith("unable to open database file")
-    return _mysql_code(exc) in MYSQL_UNREACHABLE_CODES
-
-
-def _mysql_code(exc: DBAPIError) -> int | None:
-    """The MySQL/MariaDB error number PyMySQL raised with, or None."""
-    code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
-    return code if isinstance(code, int) else None
 
 
 def schema_problem(url: str) -> str | None:
@@ -72,10 +47,12 @@ class BflowGroup(click.Group):
         try:
             return super().invoke(ctx)
         except DBAPIError as exc:
-            if _is_unreachable(exc):
+            from bflow_tasks.db import is_missing_schema, is_unreachable
+
+            if is_unreachable(exc):
                 where = make_url(settings.database_url).render_as_string(hide_password=True)
                 raise click.ClickException(f"cannot use the database at {where}: {exc.orig}") from None
-            if ctx.invoked_subcommand in MIGRATING_COMMANDS or not _is_missing_schema(exc):
+            if ctx.invoked_subcommand in MIGRATING_COMMANDS or not is_missing_schema(exc):
                 raise
             try:
                 problem = schema_problem(settings.database_url)

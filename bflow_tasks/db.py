@@ -1,11 +1,13 @@
-"""The database engine, the one sessionmaker and the one session scope."""
+"""The database engine, the one sessionmaker, the one session scope, and what its errors mean."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bflow_tasks.settings import settings
@@ -97,3 +99,61 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+# --- what a database error means -----------------------------------------------------------
+
+# MySQL/MariaDB errors that say the database cannot serve anyone right now, not that the
+# statement or its data is wrong, so the same request can succeed later: too many
+# connections, server shutting down, lock wait timeout and deadlock (the statement or the
+# transaction was rolled back), read-only (1290 names any server option that prevents the
+# statement; for the statements Bflow sends, that is --read-only, as in a failover), connection
+# killed (MariaDB: an operator or a restart), and the client library's cannot-connect, unknown
+# host, server gone, connection lost and out-of-sync errors.
+MYSQL_UNAVAILABLE_CODES = frozenset(
+    {1040, 1053, 1205, 1213, 1290, 1836, 1927, 2002, 2003, 2005, 2006, 2013, 2055}
+)
+# SQLite's equivalents: another writer past the busy timeout, a file that cannot be opened, a failing disk.
+SQLITE_UNAVAILABLE_MESSAGES = (
+    "database is locked",
+    "database table is locked",
+    "unable to open database file",
+    "disk I/O error",
+)
+# MySQL/MariaDB: ER_NO_SUCH_TABLE, ER_BAD_FIELD_ERROR (what an older schema answers).
+MYSQL_MISSING_SCHEMA_CODES = frozenset({1146, 1054})
+# MySQL/MariaDB: access denied, unknown database, cannot connect, unknown host, server gone.
+MYSQL_UNREACHABLE_CODES = frozenset({1045, 1049, 2003, 2005, 2006, 2013})
+
+
+def is_unavailable(exc: DBAPIError) -> bool:
+    """True when the database is unavailable for now (down, overloaded, locked), so a retry may succeed.
+
+    False for an error the statement or its data causes (a CHECK constraint, a value out of
+    range, a missing table): the same request would fail again, however often it is retried.
+    """
+    if exc.connection_invalidated or isinstance(exc, InterfaceError):
+        return True  # the connection broke under the statement (SQLAlchemy's disconnect check)
+    if isinstance(exc.orig, sqlite3.Error):
+        return str(exc.orig).startswith(SQLITE_UNAVAILABLE_MESSAGES)
+    return mysql_code(exc) in MYSQL_UNAVAILABLE_CODES
+
+
+def is_unreachable(exc: DBAPIError) -> bool:
+    """True when the database could not be reached or logged into (SQLite, MySQL/MariaDB)."""
+    if isinstance(exc.orig, sqlite3.OperationalError):
+        return str(exc.orig).startswith("unable to open database file")
+    return mysql_code(exc) in MYSQL_UNREACHABLE_CODES
+
+
+def is_missing_schema(exc: DBAPIError) -> bool:
+    """True when the database answered "no such table/column" (SQLite, MySQL/MariaDB)."""
+    if isinstance(exc.orig, sqlite3.OperationalError):
+        return str(exc.orig).startswith(("no such table", "no such column"))
+    return mysql_code(exc) in MYSQL_MISSING_SCHEMA_CODES
+
+
+def mysql_code(exc: DBAPIError) -> int | None:
+    """The MySQL/MariaDB error number PyMySQL raised with, or None."""
+    code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+    return code if isinstance(code, int) else None

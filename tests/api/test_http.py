@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +14,14 @@ from api_shim import reads
 from api_shim.app import create_app
 from bflow_tasks import db
 from bflow_tasks.settings import settings
-from tests.api.helpers import API, Tenant, assert_no_runtime_rows, post_workflow, queued_messages
+from tests.api.helpers import (
+    API,
+    Tenant,
+    assert_no_runtime_rows,
+    execute,
+    post_workflow,
+    queued_messages,
+)
 
 
 @pytest.mark.parametrize(
@@ -188,3 +196,26 @@ def test_a_database_that_does_not_answer_gives_503_and_accepts_nothing(
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "database_unavailable"
     assert response.headers["Retry-After"] == "5"
+
+
+@pytest.mark.parametrize("database_url", ["mysql"], indirect=True)
+def test_a_document_mariadb_refuses_is_500_not_503(
+    client: TestClient, tenant: Tenant, api_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 503 tells the client to retry; a request the database refuses for its data never succeeds.
+
+    The shim lets a document nest 32 levels; MariaDB's JSON CHECK (json_valid) takes 31, so
+    the INSERT fails with error 4025, which PyMySQL raises as an OperationalError.
+    """
+    workflow_id = post_workflow(client, tenant)["id"]
+    document: dict[str, object] = {}
+    for _ in range(31):
+        document = {"a": document}
+    with caplog.at_level(logging.ERROR, logger="api_shim.errors"):
+        response = execute(client, tenant, workflow_id, data=document)
+    assert response.status_code == 500, response.text
+    assert response.json()["error"]["code"] == "internal_error"
+    assert "Retry-After" not in response.headers
+    [record] = [r for r in caplog.records if r.name == "api_shim.errors"]
+    assert record.exc_info is not None and "4025" in str(record.exc_info[1])  # logged whole
+    assert_no_runtime_rows(api_engine)
