@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 
 from api_shim import deps, errors
+from api_shim.head import HeadAsGet
 from api_shim.limits import BodyLimit
 from api_shim.routes import health, metrics, prometheus, runtimes, tasks, webhooks, workflows
 from bflow_tasks.observability import http as observability
@@ -14,7 +15,7 @@ API_PREFIX = "/api/v1"
 
 
 def create_app() -> FastAPI:
-    """Build the shim: the routes under /api/v1, JSON bodies and errors, a request body limit."""
+    """Build the shim: the routes under /api/v1, JSON bodies and errors, a request body limit, HEAD."""
     logs.configure_shim()
     app = FastAPI(
         dependencies=[Depends(observability.bind_path_ids), Depends(deps.require_json_body)],
@@ -31,6 +32,7 @@ def create_app() -> FastAPI:
     app.include_router(prometheus.router)
     app.include_router(prometheus.router, prefix=API_PREFIX)
     errors.install(app)
+    app.add_middleware(HeadAsGet)  # innermost: the middleware around it sees the request as sent
     app.add_middleware(BodyLimit)
     app.add_middleware(observability.RequestContext)  # outermost: a 413 carries X-Request-ID too
     return app

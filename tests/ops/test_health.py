@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -59,6 +61,22 @@ def test_everything_up_is_200_with_a_latency_per_check_and_the_workers_per_queue
     assert any(w.startswith("ops@") for w in body["workers"]["workflow"])
     assert any(w.startswith("ops@") for w in body["workers"]["webhooks"])
     assert [w.split("@")[0] for w in body["workers"]["maintenance"]] == ["maintenance"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/health", "/api/v1/health/ready"])
+def test_head_gets_the_status_and_headers_of_get_and_not_one_byte_of_body(ops: Ops, path: str) -> None:
+    """On one connection, a HEAD then a GET: the GET's answer must follow the HEAD's headers at once."""
+    where = urlsplit(ops.stack.base_url)
+    request = f"{{}} {path} HTTP/1.1\r\nHost: {where.netloc}\r\n{{}}\r\n"
+    with socket.create_connection((where.hostname, where.port), timeout=15) as connection:
+        connection.sendall(request.format("HEAD", "").encode())
+        connection.sendall(request.format("GET", "Connection: close\r\n").encode())
+        answer = b"".join(iter(lambda: connection.recv(65536), b""))
+    head, after_head = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200 "), answer
+    assert b"\r\ncontent-type: application/json" in head.lower()
+    assert int(head.lower().split(b"\r\ncontent-length: ")[1].split(b"\r\n")[0]) > 0
+    assert after_head.startswith(b"HTTP/1.1 200 "), answer  # the GET's answer: HEAD sent no body
 
 
 def test_a_probe_storm_is_answered_from_one_check(ops: Ops) -> None:

@@ -77,6 +77,15 @@ def test_no_raw_ids_in_http_labels(ops: Ops, workflow_id: str) -> None:
     assert not [route for route in routes if UUID.search(route)]
 
 
+@pytest.mark.parametrize("path", ["/metrics", "/api/v1/metrics"])
+def test_head_on_the_scrape_is_200_without_a_body(ops: Ops, path: str) -> None:
+    response = requests.head(f"{ops.stack.base_url}{path}", timeout=10)
+    assert (response.status_code, response.content) == (200, b"")
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    samples = support.scrape(ops.stack.base_url)
+    assert support.value(samples, "bflow_http_requests_total", method="HEAD", route=path, status="200") >= 1
+
+
 def test_state_gauges_are_read_from_the_database(ops: Ops, workflow_id: str) -> None:
     runtime_id = support.submit(ops.client, workflow_id, "PO-MET-4").json()["runtime_id"]
     ops.client.wait_for_tasks(runtime_id, {"lead1"})
