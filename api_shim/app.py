@@ -25,9 +25,11 @@ def create_app() -> FastAPI:
         openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url=f"{API_PREFIX}/docs",
         redoc_url=None,
+        responses=errors.OTHER_ERROR_RESPONSES,
     )
-    for module in (workflows, metrics, runtimes, tasks, webhooks, health):
-        app.include_router(module.router, prefix=API_PREFIX)
+    for module in (workflows, metrics, runtimes, tasks, webhooks):
+        app.include_router(module.router, prefix=API_PREFIX, responses=errors.API_ERROR_RESPONSES)
+    app.include_router(health.router, prefix=API_PREFIX)
     # Prometheus looks at /metrics by default; /api/v1/metrics is the DESIGN §5 address.
     app.include_router(prometheus.router)
     app.include_router(prometheus.router, prefix=API_PREFIX)

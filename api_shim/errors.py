@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api_shim import schemas
 from bflow_tasks import db
 from bflow_tasks.engine import errors as engine_errors
 from bflow_tasks.engine.definitions import DefinitionError
@@ -38,6 +39,33 @@ HTTP_CODES = {
     415: "unsupported_media_type",
     422: "invalid_input",
     503: "unavailable",
+}
+
+
+# What the OpenAPI schema says an error answers: the statuses every authenticated route can
+# answer, then any other status of any route. Without them FastAPI documents its own
+# `{"detail": [...]}` validation body, which the handlers below never send.
+API_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {
+        "model": schemas.ErrorRead,
+        "description": "No API token, or one that is not valid",
+        "headers": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    },
+    422: {
+        "model": schemas.ErrorRead,
+        "description": "The request is not valid: `details` lists every problem",
+    },
+    503: {
+        "model": schemas.ErrorRead,
+        "description": "The database or the broker is unavailable: nothing was accepted, retry",
+        "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    },
+}
+OTHER_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "default": {
+        "model": schemas.ErrorRead,
+        "description": "Any other error: 400, 403, 404, 409, 413, 415 where the route has them, 500",
+    },
 }
 
 

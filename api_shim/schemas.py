@@ -47,6 +47,32 @@ class _Output(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
+# --- errors ------------------------------------------------------------------------------
+
+
+class ProblemRead(BaseModel):
+    """One thing wrong with the request, and where: `$.nodes[1].key` in the body, `query.page_size`."""
+
+    path: str
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(
+        description="stable, for programs: invalid_input, not_found, conflict, database_unavailable..."
+    )
+    message: str = Field(description="for people; may change")
+    details: list[ProblemRead] | dict[str, Any] | None = Field(
+        description="each problem with its path (invalid_input, invalid_definition); else by code, or null"
+    )
+
+
+class ErrorRead(BaseModel):
+    """The body of every error answer (DESIGN §5), whatever its status."""
+
+    error: ErrorInfo
+
+
 # --- workflows ---------------------------------------------------------------------------
 
 
