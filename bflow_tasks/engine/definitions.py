@@ -166,7 +166,7 @@ class DefinitionError(Exception):
 
 def parse_definition(raw: Any) -> WorkflowDefinition:
     """Validate a raw definition (shape, then graph) and return it, or raise DefinitionError."""
-    problem = documents.json_problem(raw, max_depth=2 * documents.MAX_DEPTH)
+    problem = documents.json_problem(raw, max_depth=documents.MAX_STORED_DEPTH)
     if problem:
         raise DefinitionError([DefinitionProblem(path="$", message=problem)])
     try:

@@ -6,8 +6,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# Far deeper than any ERP document or workflow condition; shallow enough to serialise.
-MAX_DEPTH = 32
+# MariaDB keeps JSON in a LONGTEXT with a json_valid() CHECK, which refuses a value nested
+# more than 31 levels (SQLite takes far more): the strictest backend sets the limit. Far
+# deeper than any ERP document or workflow condition.
+MAX_STORED_DEPTH = 31
+# A document is also stored one level down, as the `data` of an action's or resubmit's command.
+MAX_DEPTH = MAX_STORED_DEPTH - 1
 
 
 def json_problem(value: Any, *, max_depth: int = MAX_DEPTH) -> str | None:

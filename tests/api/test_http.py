@@ -9,19 +9,23 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from api_shim import reads
 from api_shim.app import create_app
 from bflow_tasks import db
+from bflow_tasks.engine import documents
 from bflow_tasks.settings import settings
 from tests.api.helpers import (
     API,
     Tenant,
     assert_no_runtime_rows,
     execute,
+    open_runtime,
     post_workflow,
     queued_messages,
 )
+from tests.factories import leave_request_definition
 
 
 @pytest.mark.parametrize(
@@ -198,24 +202,64 @@ def test_a_database_that_does_not_answer_gives_503_and_accepts_nothing(
     assert response.headers["Retry-After"] == "5"
 
 
-@pytest.mark.parametrize("database_url", ["mysql"], indirect=True)
-def test_a_document_mariadb_refuses_is_500_not_503(
-    client: TestClient, tenant: Tenant, api_engine: Engine, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A 503 tells the client to retry; a request the database refuses for its data never succeeds.
+def nested(levels: int) -> dict[str, object]:
+    """A JSON object nested exactly `levels` deep (the outer object is the first level)."""
+    value: dict[str, object] = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
 
-    The shim lets a document nest 32 levels; MariaDB's JSON CHECK (json_valid) takes 31, so
-    the INSERT fails with error 4025, which PyMySQL raises as an OperationalError.
-    """
+
+def depth(value: object) -> int:
+    children = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else None
+    return 0 if children is None else 1 + max((depth(child) for child in children), default=0)
+
+
+def test_documents_and_definitions_as_deep_as_allowed_are_stored_and_one_more_level_is_422(
+    client: TestClient, tenant: Tenant, session_factory: sessionmaker[Session], api_engine: Engine
+) -> None:
+    """The limits follow MariaDB's JSON check (31 levels), counting where each value is stored."""
     workflow_id = post_workflow(client, tenant)["id"]
-    document: dict[str, object] = {}
-    for _ in range(31):
-        document = {"a": document}
-    with caplog.at_level(logging.ERROR, logger="api_shim.errors"):
-        response = execute(client, tenant, workflow_id, data=document)
+    assert execute(client, tenant, workflow_id, data=nested(documents.MAX_DEPTH)).status_code == 202
+    too_deep = execute(client, tenant, workflow_id, data=nested(documents.MAX_DEPTH + 1), document_id="LR-2")
+    assert too_deep.status_code == 422
+    # An action's data is stored inside its command: one level further down.
+    task_id = open_runtime(session_factory, tenant, document_id="LR-3").tasks["u1"]
+    for levels, status in ((documents.MAX_DEPTH + 1, 422), (documents.MAX_DEPTH, 202)):
+        body = {"action": "approve", "actor": "u1", "data": {"reason": nested(levels - 1)}}
+        response = client.post(f"{API}/tasks/{task_id}/action", json=body, headers=tenant.headers)
+        assert response.status_code == status, response.text
+    definition = leave_request_definition()
+    association = next(a for a in definition["associations"] if "condition" in a)
+    while depth(definition) < documents.MAX_STORED_DEPTH:
+        association["condition"] = {"not": association["condition"]}
+    assert post_workflow(client, tenant, definition)["id"]
+    association["condition"] = {"not": association["condition"]}
+    response = client.post(f"{API}/workflows", json=definition, headers=tenant.headers)
+    assert response.status_code == 422, response.text
+
+
+@pytest.mark.parametrize("database_url", ["mysql"], indirect=True)
+def test_a_database_error_caused_by_the_data_is_500_not_503(
+    api_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 503 tells the client to retry; a statement the database refuses for its data never succeeds.
+
+    MariaDB's JSON CHECK (json_valid) refuses a value nested too deep with error 4025, which
+    PyMySQL raises as an OperationalError, the class connection errors come in too.
+    """
+    app = create_app()
+
+    @app.get("/refused-by-the-database")
+    def refused() -> None:
+        with api_engine.connect() as conn:
+            conn.exec_driver_sql("CREATE TEMPORARY TABLE deep (j LONGTEXT CHECK (json_valid(j)))")
+            conn.exec_driver_sql("INSERT INTO deep VALUES (%s)", (json.dumps(nested(40)),))
+
+    with TestClient(app) as client, caplog.at_level(logging.ERROR, logger="api_shim.errors"):
+        response = client.get("/refused-by-the-database")
     assert response.status_code == 500, response.text
     assert response.json()["error"]["code"] == "internal_error"
     assert "Retry-After" not in response.headers
     [record] = [r for r in caplog.records if r.name == "api_shim.errors"]
     assert record.exc_info is not None and "4025" in str(record.exc_info[1])  # logged whole
-    assert_no_runtime_rows(api_engine)

@@ -52,7 +52,7 @@ def test_a_definition_that_could_not_be_served_back_is_422(
     response = client.post(f"{API}/workflows", json=deep, headers=tenant.headers)
     assert response.status_code == 422
     assert response.json()["error"]["details"] == [
-        {"path": "$", "message": "nested more than 64 levels deep"}
+        {"path": "$", "message": "nested more than 31 levels deep"}
     ]
     surrogate = leave_request_definition()
     surrogate["associations"][-1]["condition"] = {"var": "reason", "op": "==", "value": "x\ud800"}
