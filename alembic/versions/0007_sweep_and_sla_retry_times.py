@@ -12,7 +12,8 @@ before this upgrade are due at once: one more re-send, which the workers apply a
 
 The SLA scan read the 500 tasks due longest ago; if their runtimes could not be handled, the
 same 500 came first on every run and nobody else's task was marked overdue. Such a task now
-gets `sla_retry_at`, and the scan leaves it out until then.
+gets `sla_retry_at`, and the scan leaves it out until then; the column ends the scan's two
+indexes, so that held-back tasks are skipped in the index without reading their rows.
 
 A downgrade restores `swept_at` empty: lost work waits one grace period before its re-send.
 """
@@ -31,13 +32,19 @@ depends_on: str | Sequence[str] | None = None
 UTC_DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 SWEPT = ("runtime_command", "runtime_stage", "runtime_stage_archive")
 RETRIED = ("runtime_assignee", "runtime_assignee_archive")
+# The SLA scan's indexes on runtime_assignee: name -> the column after status.
+SLA_INDEXES = {
+    "idx_runtime_assignee_status_due": "due_at",
+    "idx_runtime_assignee_status_reminder": "next_reminder_at",
+}
 
 
 def upgrade() -> None:
     for table in SWEPT:
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column("next_sweep_at", UTC_DATETIME, nullable=True))
-        op.execute(f"UPDATE {table} SET next_sweep_at = swept_at")
+        if not table.endswith("_archive"):  # archived rows are never swept
+            op.execute(f"UPDATE {table} SET next_sweep_at = swept_at WHERE swept_at IS NOT NULL")
         with op.batch_alter_table(table) as batch:
             batch.drop_column("swept_at")
     for table in RETRIED:
@@ -46,17 +53,23 @@ def upgrade() -> None:
     op.create_index(
         "idx_runtime_command_status_sweep", "runtime_command", ["status", "next_sweep_at", "created_at"]
     )
-    op.drop_index("idx_runtime_stage_status_started", table_name="runtime_stage")
     op.create_index(
         "idx_runtime_stage_status_sweep",
         "runtime_stage",
         ["status", "started_at", "next_sweep_at", "created_at"],
     )
+    op.drop_index("idx_runtime_stage_status_started", table_name="runtime_stage")
+    for name, column in SLA_INDEXES.items():
+        op.drop_index(name, table_name="runtime_assignee")
+        op.create_index(name, "runtime_assignee", ["status", column, "sla_retry_at"])
 
 
 def downgrade() -> None:
-    op.drop_index("idx_runtime_stage_status_sweep", table_name="runtime_stage")
+    for name, column in SLA_INDEXES.items():
+        op.drop_index(name, table_name="runtime_assignee")
+        op.create_index(name, "runtime_assignee", ["status", column])
     op.create_index("idx_runtime_stage_status_started", "runtime_stage", ["status", "started_at"])
+    op.drop_index("idx_runtime_stage_status_sweep", table_name="runtime_stage")
     op.drop_index("idx_runtime_command_status_sweep", table_name="runtime_command")
     for table in RETRIED:
         with op.batch_alter_table(table) as batch:

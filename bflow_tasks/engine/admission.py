@@ -327,6 +327,20 @@ def _replayed(earlier: Runtime, document: tuple[str, str, str], fingerprint: str
 
 
 def _fingerprint(request: tuple[Any, ...]) -> str:
-    """The SHA-256 of a request in canonical JSON (keys sorted), the same for equal requests."""
-    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The SHA-256 of a request in canonical JSON, the same for equal JSON values.
+
+    Keys are sorted, and a number is written as JSON means it (1, 1.0 and 1e0 are one value),
+    as in RFC 8785, so a client that re-serialises its retry is not refused.
+    """
+    canonical = json.dumps(_same_numbers(request), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _same_numbers(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # also makes -0.0 a 0
+    if isinstance(value, dict):
+        return {key: _same_numbers(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_same_numbers(item) for item in value]
+    return value

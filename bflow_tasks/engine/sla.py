@@ -12,8 +12,9 @@ waits for the next run. Runtimes are handled `RUNTIMES_PER_TRANSACTION` at a tim
 id order by one statement, so the scan holds few locks at once, cannot deadlock with itself,
 and pays one commit per group rather than per runtime. A group that fails is retried one
 runtime per transaction, so that one broken runtime never holds back the others; the tasks of
-a runtime that still fails get `sla_retry_at` and are left out until then, so that broken
-runtimes never fill a batch and hold back everyone else's.
+a runtime that still fails (other than for a lock wait or a lost connection) get
+`sla_retry_at`, as long after now as they have been due, and are left out until then, so that
+broken runtimes never fill a batch and hold back everyone else's.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, or_, select, update
+from sqlalchemy import ColumnElement, Select, or_, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, selectinload
 
+from bflow_tasks import db
 from bflow_tasks.engine import clock, escalation, journal, stages
 from bflow_tasks.engine.jobs import SessionScope
 from bflow_tasks.engine.workflows import load_definition
@@ -36,8 +39,9 @@ log = logging.getLogger(__name__)
 
 # Enough to pay one commit for many runtimes' events, few enough to keep row locks short.
 RUNTIMES_PER_TRANSACTION = 50
-# A runtime the scan could not handle is tried again this much later (and logged each time).
-RETRY_BROKEN_AFTER = timedelta(minutes=10)
+# A runtime the scan could not handle is tried again after as long as its task has been due
+# (so the wait doubles, as the sweep's), within these bounds, and logged each time.
+RETRY_BROKEN_AFTER = (timedelta(minutes=1), timedelta(days=1))
 # Per runtime: the ids of its tasks found overdue, and of those with a reminder due.
 Work = Mapping[str, tuple[list[str], list[str]]]
 
@@ -68,8 +72,8 @@ def reminder_query(now: datetime, limit: int) -> Select[str, str]:
 
 
 def _not_held_back(now: datetime) -> ColumnElement[bool]:
-    # Checked on the rows the index range finds: held-back tasks are few and never count
-    # towards the batch.
+    # Checked on the index entries the range reads (sla_retry_at is their last column), so
+    # held-back tasks cost no row reads and never count towards the batch.
     return or_(RuntimeAssignee.sla_retry_at.is_(None), RuntimeAssignee.sla_retry_at <= now)
 
 
@@ -106,22 +110,28 @@ def _scan_one_by_one(scope: SessionScope, work: Work, *, now: datetime) -> Count
         try:
             with scope() as session:
                 done = _scan_runtimes(session, {runtime_id: tasks}, now=now)
-        except Exception:
-            # One broken runtime must not stop the others' reminders, now or in later runs.
-            log.exception("SLA scan failed for runtime %s; retrying after %s", runtime_id, RETRY_BROKEN_AFTER)
+        except Exception as exc:
             counts["errors"] += 1
-            _hold_back(scope, [*tasks[0], *tasks[1]], until=now + RETRY_BROKEN_AFTER)
+            if isinstance(exc, DBAPIError) and db.is_unavailable(exc):
+                # A lock wait, a deadlock, a lost connection: the next run tries it again.
+                log.warning("SLA scan of runtime %s failed for now: %s", runtime_id, exc)
+            else:
+                # One broken runtime must not stop the others' reminders, now or in later runs.
+                log.exception("SLA scan failed for runtime %s; holding back its tasks", runtime_id)
+                _hold_back(scope, [*tasks[0], *tasks[1]], now=now)
         else:
             counts.update(done)  # once committed
     return counts
 
 
-def _hold_back(scope: SessionScope, task_ids: list[str], *, until: datetime) -> None:
+def _hold_back(scope: SessionScope, task_ids: list[str], *, now: datetime) -> None:
+    """Leave these tasks out of the scan until their retry time: as long again as they were due."""
+    shortest, longest = RETRY_BROKEN_AFTER
     try:
         with scope() as session:
-            session.execute(
-                update(RuntimeAssignee).where(RuntimeAssignee.id.in_(task_ids)).values(sla_retry_at=until)
-            )
+            for task in session.scalars(select(RuntimeAssignee).where(RuntimeAssignee.id.in_(task_ids))):
+                due = [at for at in (task.due_at, task.next_reminder_at) if at is not None and at <= now]
+                task.sla_retry_at = now + min(max(now - min(due, default=now), shortest), longest)
     except Exception:
         log.exception("could not hold back the tasks of a runtime the SLA scan failed on")
 

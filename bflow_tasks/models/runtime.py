@@ -107,8 +107,9 @@ class RuntimeAssignee(Base):
         Index("idx_runtime_assignee_runtime_user", "runtime_id", "user"),
         Index("idx_runtime_assignee_stage_status", "runtime_stage_id", "status"),
         Index("idx_runtime_assignee_user_status", "user", "status"),
-        Index("idx_runtime_assignee_status_due", "status", "due_at"),
-        Index("idx_runtime_assignee_status_reminder", "status", "next_reminder_at"),
+        # The SLA scan's: tasks it holds back (sla_retry_at) are skipped within the index.
+        Index("idx_runtime_assignee_status_due", "status", "due_at", "sla_retry_at"),
+        Index("idx_runtime_assignee_status_reminder", "status", "next_reminder_at", "sla_retry_at"),
         UniqueConstraint("runtime_stage_id", "user", name="uq_runtime_assignee_stage_user"),
     )
 

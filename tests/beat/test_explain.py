@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, Select, insert, select, text
+from sqlalchemy import Connection, Engine, Select, insert, inspect, select, text
 
 from bflow_tasks.engine import archive, sla, sweep
 from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeCommand, RuntimeStage
@@ -123,17 +123,26 @@ def populated(engine: Engine, session_factory) -> Engine:
     return engine
 
 
+def assert_skips_held_back_tasks_in_the_index(engine: Engine, row: dict[str, Any]) -> None:
+    """sla_retry_at is checked on the index entries (index condition pushdown), not on rows."""
+    columns = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("runtime_assignee")}
+    assert columns[row["key"]][-1] == "sla_retry_at", columns[row["key"]]
+    assert "Using index condition" in (row["Extra"] or ""), row
+
+
 def test_the_overdue_selection_reads_idx_runtime_assignee_status_due(populated: Engine) -> None:
     with populated.connect() as conn:
         row = explain(conn, sla.overdue_query(T0, 500), "runtime_assignee")
     assert_uses_an_index(row, "idx_runtime_assignee_status_due")
     assert "filesort" not in (row["Extra"] or "")  # the index gives the due_at order
+    assert_skips_held_back_tasks_in_the_index(populated, row)
 
 
 def test_the_reminder_selection_reads_idx_runtime_assignee_status_reminder(populated: Engine) -> None:
     with populated.connect() as conn:
         row = explain(conn, sla.reminder_query(T0, 500), "runtime_assignee")
     assert_uses_an_index(row, "idx_runtime_assignee_status_reminder")
+    assert_skips_held_back_tasks_in_the_index(populated, row)
 
 
 def test_the_archive_selection_reads_idx_runtime_ended_at(populated: Engine) -> None:

@@ -6,8 +6,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pymysql
 import pytest
 from sqlalchemy import Engine, event, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bflow_tasks.engine import admission, sla
@@ -296,7 +298,7 @@ def test_a_broken_runtime_is_retried_alone_and_does_not_hold_back_its_group(
     assert sum(events(session_factory, "task.reminded").values()) == 3
     monkeypatch.setattr(sla, "_remind", remind)
     assert scan(session_factory)["reminded"] == 0  # held back until its retry time
-    fake_clock.advance(seconds=sla.RETRY_BROKEN_AFTER.total_seconds())
+    fake_clock.advance(minutes=1)  # the shortest wait: its reminder had only just fallen due
     assert scan(session_factory)["reminded"] == 1  # its reminder is still due
     assert sum(events(session_factory, "task.reminded").values()) == 4
 
@@ -322,5 +324,27 @@ def test_runtimes_that_keep_failing_do_not_hold_back_everyone_elses_tasks(
     assert scan(session_factory, batch=2) == {**nothing, "overdue": 1, "errors": 0, "more": 0}
     assert task(session_factory, healthy, "u1").status == "overdue"
     assert scan(session_factory, batch=2) == {**nothing, "errors": 0, "more": 0}
-    fake_clock.advance(seconds=sla.RETRY_BROKEN_AFTER.total_seconds())
-    assert scan(session_factory, batch=2) == {**nothing, "errors": 2, "more": 1}  # tried again
+    # Held back as long as they had been due (61 min), tried again, then held back 122 min.
+    for minutes, errors in ((60, 0), (1, 2), (121, 0), (1, 2)):
+        fake_clock.advance(minutes=minutes)
+        assert scan(session_factory, batch=2) == {**nothing, "errors": errors, "more": int(errors == 2)}
+
+
+def test_a_runtime_failing_on_a_lock_wait_is_not_held_back(
+    d: Driver, session_factory, fake_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime_id = d.submit(d.workflow(review(["u1"], sla_hours=1)), {})
+    mark_overdue = sla._mark_overdue
+
+    def wait_for_a_lock(*args: Any, **kwargs: Any) -> int:
+        raise OperationalError(
+            "UPDATE ...", {}, pymysql.err.OperationalError(1205, "Lock wait timeout exceeded")
+        )
+
+    monkeypatch.setattr(sla, "_mark_overdue", wait_for_a_lock)
+    fake_clock.advance(hours=3)
+    assert scan(session_factory)["errors"] == 1
+    monkeypatch.setattr(sla, "_mark_overdue", mark_overdue)
+    fake_clock.advance(minutes=1)  # the next run, not hours later
+    assert scan(session_factory)["overdue"] == 1
+    assert task(session_factory, runtime_id, "u1").status == "overdue"

@@ -554,9 +554,15 @@ def test_idempotency_key_replays_and_in_flight_document_conflicts(d, session_fac
     assert in_flight.value.details == {"runtime_id": first_id}
     with session_factory() as s, pytest.raises(Conflict):
         admission.submit(s, document_id="D10", idempotency_key="k1", **args)
-    for changed in ({"data": {"amount": 2}}, {"submitted_by": "bob"}):
+    for changed in ({"data": {"amount": 2}}, {"data": {"amount": 1.5}}, {"submitted_by": "bob"}):
         with session_factory() as s, pytest.raises(Conflict, match="other data or submitter"):
             admission.submit(s, document_id="D9", idempotency_key="k1", **{**args, **changed})
+    for same_json in ({"amount": 1.0}, {"amount": 1e0}):  # one JSON number, however it is written
+        with session_factory.begin() as s:
+            again, command = admission.submit(
+                s, document_id="D9", idempotency_key="k1", **{**args, "data": same_json}
+            )
+            assert (again.id, command) == (first_id, None)
     with session_factory() as s:
         assert s.scalar(select(func.count()).select_from(RuntimeCommand)) == 1
 
