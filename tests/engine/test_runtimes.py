@@ -221,16 +221,26 @@ def test_join_any_opens_on_first_arrival_and_cancels_the_branch_it_overtook(d):
     d.act(rid, "boss")
     assert d.status(rid) == "completed"  # did not wait for the branch it overtook
     with d.sf() as s:
-        command = s.get_one(RuntimeCommand, late)
-        assert command.status == "refused"
-        events = s.scalars(
-            select(RuntimeEvent).where(RuntimeEvent.runtime_id == rid).order_by(RuntimeEvent.sequence)
-        ).all()
-        logs = s.scalars(select(RuntimeLog.action).where(RuntimeLog.runtime_id == rid)).all()
-    it_stage = next(e.data["stage_id"] for e in events if e.data.get("node") == "it")
-    ended = [(e.type, e.data.get("status")) for e in events if e.data.get("stage_id") == it_stage]
-    assert ended[-1] == ("stage.completed", "cancelled")  # consumers can close its inbox items
+        assert s.get_one(RuntimeCommand, late).status == "refused"
+    events, logs = events_and_log(d, rid)
+    assert stage_events(events, "it")[-1] == ("stage.completed", "cancelled")  # consumers can close its items
     assert "stage.cancelled" in logs
+
+
+def events_and_log(d: Driver, runtime_id: str) -> tuple[list[RuntimeEvent], list[str]]:
+    """The runtime's events in order, and its audit log's actions."""
+    with d.sf() as s:
+        events = s.scalars(
+            select(RuntimeEvent).where(RuntimeEvent.runtime_id == runtime_id).order_by(RuntimeEvent.sequence)
+        ).all()
+        logs = s.scalars(select(RuntimeLog.action).where(RuntimeLog.runtime_id == runtime_id)).all()
+    return list(events), list(logs)
+
+
+def stage_events(events: list[RuntimeEvent], node: str) -> list[tuple[str, str | None]]:
+    """(type, status) of the events about the stage of `node`."""
+    stage_id = next(e.data["stage_id"] for e in events if e.data.get("node") == node)
+    return [(e.type, e.data.get("status")) for e in events if e.data.get("stage_id") == stage_id]
 
 
 @pytest.mark.parametrize("end", ["reject", "return", "cancel"])
@@ -240,14 +250,8 @@ def test_a_runtimes_end_reports_every_stage_it_cancels(d, end):
         d.cancel(rid)
     else:
         d.act(rid, "l1", end)
-    with d.sf() as s:
-        events = s.scalars(
-            select(RuntimeEvent).where(RuntimeEvent.runtime_id == rid).order_by(RuntimeEvent.sequence)
-        ).all()
-        logs = s.scalars(select(RuntimeLog.action).where(RuntimeLog.runtime_id == rid)).all()
-    it_stage = next(e.data["stage_id"] for e in events if e.data.get("node") == "it")
-    it_events = [(e.type, e.data.get("status")) for e in events if e.data.get("stage_id") == it_stage]
-    assert it_events[-1] == ("stage.completed", "cancelled")  # consumers can close its inbox items
+    events, logs = events_and_log(d, rid)
+    assert stage_events(events, "it")[-1] == ("stage.completed", "cancelled")
     assert [e.type for e in events][-1] == {"reject": "runtime.rejected", "return": "runtime.returned"}.get(
         end, "runtime.cancelled"
     )
