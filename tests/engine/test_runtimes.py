@@ -338,12 +338,8 @@ def test_join_any_overtaking_a_stage_still_opening_starts_it_before_cancelling_i
     d.act(rid, "l1")
     with session_factory.begin() as s:
         assert runtimes.assign(s, stage_id=it_id, user="i1") is None  # late: nothing to add
-    with session_factory() as s:
-        events = s.scalars(
-            select(RuntimeEvent).where(RuntimeEvent.runtime_id == rid).order_by(RuntimeEvent.sequence)
-        ).all()
-    it_events = [(e.type, e.data.get("status")) for e in events if e.data.get("stage_id") == it_id]
-    assert it_events == [("stage.started", "open"), ("stage.completed", "cancelled")]
+    events, _ = events_and_log(d, rid)
+    assert stage_events(events, "it") == [("stage.started", "open"), ("stage.completed", "cancelled")]
 
 
 def test_join_any_overtaking_a_waiting_all_join_does_not_open_it_later(d):
@@ -825,10 +821,7 @@ def test_an_action_on_a_stage_still_opening_finishes_the_opening_first(d, sessio
     with session_factory.begin() as s:
         runtimes.assign(s, stage_id=stage_id, user="b")  # it runs late: nothing to add
         runtimes.mark_started(s, stage_ids=[stage_id])  # and so does the chord body
-    with session_factory() as s:
-        events = s.scalars(
-            select(RuntimeEvent).where(RuntimeEvent.runtime_id == rid).order_by(RuntimeEvent.sequence)
-        ).all()
+    events, _ = events_and_log(d, rid)
     assert [(e.type, e.data.get("assignee")) for e in events] == [
         ("runtime.created", None),
         ("task.assigned", "a"),
