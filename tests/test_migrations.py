@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import pprint
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, inspect, pool, text
+from sqlalchemy import Connection, Engine, create_engine, inspect, pool, text
+from sqlalchemy.orm import Session
 
 from bflow_tasks import migrations
 from bflow_tasks.db import make_engine
-from bflow_tasks.models import Base
+from bflow_tasks.engine import runtimes
+from bflow_tasks.models import Base, RuntimeCommand
 
 try:  # `tests` importable as a package (rootdir on sys.path) ...
     from tests import services
@@ -215,3 +220,174 @@ def test_mariadb_upgrade_matches_models_and_downgrade_empties(mysql_engine: tupl
     migrations.downgrade(url, "base")
     assert migrations.current(url) is None
     assert table_names(engine) == {"alembic_version"}
+
+
+# --- 0009: audit lines written before 0002 are numbered 1..n --------------------------------
+
+T0 = datetime(2026, 1, 1, 9, 0)
+
+
+def _insert(connection: Connection, table: str, **values: Any) -> None:
+    """Insert one row into `table` as it is at the current revision (only the given columns)."""
+    types = {datetime: sa.DateTime(), dict: sa.JSON()}
+    columns = [sa.column(name, types.get(type(value))) for name, value in values.items()]
+    connection.execute(sa.table(table, *columns).insert().values(**values))
+
+
+def _runtime(connection: Connection, table: str, runtime_id: str, status: str) -> None:
+    _insert(
+        connection,
+        table,
+        id=runtime_id,
+        tenant_id="t",
+        workflow_id="w",
+        workflow_version_id="wv",
+        document_type="leave_request",
+        document_id=runtime_id,
+        data={},
+        status=status,
+        submitted_by="alice",
+        round=1,
+        event_sequence=0,
+        stage_sequence=0,
+        created_at=T0,
+        updated_at=T0,
+    )
+
+
+def _log(
+    connection: Connection, table: str, line_id: str, runtime_id: str, action: str, minute: int, **more: Any
+) -> None:
+    _insert(
+        connection,
+        table,
+        id=line_id,
+        runtime_id=runtime_id,
+        action=action,
+        created_at=T0 + timedelta(minutes=minute),
+        **more,
+    )
+
+
+def _trail(engine: Engine, runtime_id: str, *, archived: bool = False) -> tuple[list[tuple[int, str]], int]:
+    """A runtime's (sequence, action) lines in id order, and its log_sequence."""
+    suffix = "_archive" if archived else ""
+    with engine.connect() as connection:
+        lines = connection.execute(
+            text(
+                f"SELECT sequence, action FROM runtime_log{suffix} "
+                "WHERE runtime_id = :r ORDER BY sequence, id"
+            ),
+            {"r": runtime_id},
+        ).all()
+        counter = connection.execute(
+            text(f"SELECT log_sequence FROM runtime{suffix} WHERE id = :r"), {"r": runtime_id}
+        ).scalar_one()
+    return [tuple(line) for line in lines], counter
+
+
+def _cancel(url: str, runtime_id: str, command_id: str) -> None:
+    """Apply a cancel command with the engine, as a worker would."""
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session, session.begin():
+            session.add(
+                RuntimeCommand(
+                    id=command_id, runtime_id=runtime_id, kind="cancel", dedupe_key=command_id, payload={}
+                )
+            )
+        with Session(engine) as session, session.begin():
+            runtimes.cancel(session, command_id=command_id)
+    finally:
+        engine.dispose()
+
+
+def check_0009_numbers_old_audit_lines(url: str, engine: Engine) -> None:
+    migrations.upgrade(url, "0001")
+    with engine.begin() as connection:
+        _insert(connection, "tenant", id="t", name="acme", created_at=T0)
+        _insert(
+            connection,
+            "workflow",
+            id="w",
+            tenant_id="t",
+            name="leave",
+            document_type="leave_request",
+            is_active=True,
+            current_version=1,
+            created_at=T0,
+            updated_at=T0,
+        )
+        _insert(
+            connection, "workflow_version", id="wv", workflow_id="w", version=1, definition={}, created_at=T0
+        )
+        # Logged by 0001's code: the shim wrote the submission. Lines a2 and a1 share a time.
+        for runtime_id in ("a", "b"):
+            _runtime(connection, "runtime", runtime_id, "in_progress")
+        _log(connection, "runtime_log", "a0", "a", "runtime.submitted", 0, actor="alice")
+        _log(connection, "runtime_log", "a2", "a", "stage.completed", 1)
+        _log(connection, "runtime_log", "a1", "a", "runtime.started", 1)
+        _log(connection, "runtime_log", "b0", "b", "runtime.submitted", 0, actor="alice")
+        _log(connection, "runtime_log", "b1", "b", "runtime.started", 1)
+        _runtime(connection, "runtime_archive", "c", "completed")
+        _log(connection, "runtime_log_archive", "c1", "c", "runtime.started", 1)
+        _log(connection, "runtime_log_archive", "c0", "c", "runtime.submitted", 0)
+        _log(connection, "runtime_log_archive", "c2", "c", "runtime.completed", 2)
+
+    migrations.upgrade(url, "0008")
+    _cancel(url, "b", "cmd-b")  # b was in flight across 0002
+    with engine.begin() as connection:
+        # Written after 0002, numbered already, with a gap that renumbering would close.
+        _runtime(connection, "runtime", "d", "in_progress")
+        _log(connection, "runtime_log", "d1", "d", "runtime.submitted", 0, sequence=1)
+        _log(connection, "runtime_log", "d3", "d", "runtime.started", 1, sequence=3)
+        connection.execute(text("UPDATE runtime SET log_sequence = 3 WHERE id = 'd'"))
+    assert _trail(engine, "a") == (
+        [(0, "runtime.submitted"), (0, "runtime.started"), (0, "stage.completed")],
+        0,
+    )
+    assert _trail(engine, "b") == (
+        [
+            (0, "runtime.submitted"),
+            (0, "runtime.started"),
+            (1, "runtime.submitted"),
+            (2, "runtime.cancelled"),
+        ],
+        2,
+    )
+    assert _trail(engine, "c", archived=True)[1] == 0
+
+    migrations.upgrade(url)
+    assert _trail(engine, "a") == (
+        [(1, "runtime.submitted"), (2, "runtime.started"), (3, "stage.completed")],
+        3,
+    )
+    assert _trail(engine, "b") == (
+        [(1, "runtime.submitted"), (2, "runtime.started"), (3, "runtime.cancelled")],
+        3,
+    )
+    assert _trail(engine, "c", archived=True) == (
+        [(1, "runtime.submitted"), (2, "runtime.started"), (3, "runtime.completed")],
+        3,
+    )
+    assert _trail(engine, "d") == ([(1, "runtime.submitted"), (3, "runtime.started")], 3)
+
+    # The next command neither logs the submission again nor reuses a number.
+    _cancel(url, "a", "cmd-a")
+    assert _trail(engine, "a") == (
+        [(1, "runtime.submitted"), (2, "runtime.started"), (3, "stage.completed"), (4, "runtime.cancelled")],
+        4,
+    )
+
+
+def test_sqlite_0009_numbers_old_audit_lines(sqlite_url: str) -> None:
+    engine = create_engine(sqlite_url, poolclass=pool.NullPool)
+    try:
+        check_0009_numbers_old_audit_lines(sqlite_url, engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.services
+def test_mariadb_0009_numbers_old_audit_lines(mysql_engine: tuple[str, Engine]) -> None:
+    check_0009_numbers_old_audit_lines(*mysql_engine)
