@@ -162,7 +162,9 @@ def record_attempt(
     endpoint.failing_since = failing_run_start(endpoint, now=now, scale=scale)
     endpoint.last_failure_at = now
     if outcome.status_code == 410 or now - endpoint.failing_since >= DISABLE_AFTER:
-        delivery.status, delivery.next_attempt_at = "failed", None
+        # Parked with the rest, not dead-lettered: enabling the endpoint again sends it first,
+        # before the later events of its runtime.
+        delivery.status, delivery.next_attempt_at = "retrying", None
         reason = "the endpoint answered 410 Gone" if outcome.status_code == 410 else "failing for 5 days"
         disable_endpoint(session, endpoint, reason=reason)
         return Next(go_on=False)

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from bflow_tasks.engine import clock
+from bflow_tasks.engine import clock, webhook_endpoints
 from bflow_tasks.engine import webhook_delivery as delivery_engine
 from bflow_tasks.engine.webhook_delivery import Claim, Outcome
 from bflow_tasks.models import WebhookDelivery, WebhookEndpoint
@@ -150,8 +150,8 @@ def test_five_days_of_failures_disable_the_endpoint_and_tell_the_others(
     disabled = endpoint(engine, failing)
     assert not disabled.is_active and disabled.disabled_reason == "failing for 5 days"
     rows = deliveries(engine, endpoint_id=failing)
-    assert rows[0].status == "failed"
-    # The rest are parked until the endpoint is enabled again.
+    # All are parked until the endpoint is enabled again, the one that failed last too.
+    assert rows[0].status == "retrying" and rows[0].next_attempt_at is None
     assert all(r.status == "pending" and r.next_attempt_at is None for r in rows[1:])
     assert _claim(session_factory, failing, runtime_id) is None
     (notice,) = deliveries(engine, endpoint_id=watcher)
@@ -161,6 +161,10 @@ def test_five_days_of_failures_disable_the_endpoint_and_tell_the_others(
     assert deliveries(engine, endpoint_id=deaf) == []
     notice_claim = _claim(session_factory, watcher, None)
     assert notice_claim is not None and notice_claim.delivery_id == notice.id
+    with session_factory.begin() as session:
+        webhook_endpoints.enable_endpoint(session, tenant_id=driver.tenant_id, endpoint_id=failing)
+    resumed = _claim(session_factory, failing, runtime_id)
+    assert resumed is not None and resumed.delivery_id == rows[0].id
 
 
 def _make_due(session_factory: sessionmaker[Session], delivery_id: str, attempts: int | None = None) -> None:
