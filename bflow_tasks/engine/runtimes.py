@@ -127,8 +127,11 @@ def apply_action(session: Session, *, command_id: str) -> list[str]:
 def resubmit(session: Session, *, command_id: str) -> list[str]:
     """Continue a returned runtime with revised data, from its create node, in a new round."""
     command, runtime = _claim(session, command_id)
-    if command is None or runtime is None or runtime.status != "returned":
+    if command is None or runtime is None:
         return _unopened(session, runtime)
+    if runtime.status != "returned":
+        # A cancel admitted at the same time was applied first.
+        return _refuse(session, runtime, command, None, f"runtime is {runtime.status}, not returned")
     runtime.status = "in_progress"
     runtime.round += 1
     if command.payload.get("data") is not None:
@@ -182,13 +185,17 @@ def mark_started(session: Session, *, stage_ids: list[str]) -> None:
 
 
 def _refuse(
-    session: Session, runtime: Runtime, command: RuntimeCommand, assignee: RuntimeAssignee, reason: str
+    session: Session,
+    runtime: Runtime,
+    command: RuntimeCommand,
+    assignee: RuntimeAssignee | None,
+    reason: str,
 ) -> list[str]:
-    """Refuse an admitted action that can no longer be applied; its task may be acted on again."""
+    """Refuse an admitted command that can no longer be applied, and say so in the audit log."""
     command.status, command.error = "refused", reason
     # Free "one action per task" for the task's next action (if it is still open).
     command.dedupe_key = f"refused:{command.id}"
-    actor = command.actor or assignee.user
+    actor = command.actor or (assignee.user if assignee else None)
     journal.log(session, runtime, "action.refused", actor=actor, assignee=assignee, message=reason)
     return []
 

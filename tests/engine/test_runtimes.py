@@ -442,6 +442,35 @@ def test_resubmit_is_refused_unless_returned_and_by_the_submitter(d, session_fac
         admission.request_resubmit(s, tenant_id=d.tenant_id, runtime_id=rid, actor="mallory", data=None)
 
 
+def test_a_resubmit_applied_after_a_cancel_is_refused_in_the_audit_log(d, session_factory):
+    rid = d.submit(d.workflow(leave_request_definition()), {"amount": 5})
+    d.act(rid, "u1", "return")
+    with session_factory.begin() as s:  # both admitted while the runtime was returned
+        resubmit_id = admission.request_resubmit(
+            s, tenant_id=d.tenant_id, runtime_id=rid, actor="alice", data={"amount": 6}
+        ).id
+    with session_factory.begin() as s:
+        cancel_id = admission.request_cancel(s, tenant_id=d.tenant_id, runtime_id=rid, actor="alice").id
+    d.apply(cancel_id, "cancel")
+    assert d.apply(resubmit_id, "resubmit") == []
+    d.apply(resubmit_id, "resubmit")  # a redelivered message adds nothing
+    runtime = d.runtime(rid)
+    assert (runtime.status, runtime.round, runtime.data) == ("cancelled", 1, {"amount": 5})
+    reason = "runtime is cancelled, not returned"
+    with session_factory() as s:
+        command = s.get_one(RuntimeCommand, resubmit_id)
+        assert (command.status, command.error) == ("refused", reason)
+        lines = s.execute(
+            select(RuntimeLog.action, RuntimeLog.actor, RuntimeLog.message)
+            .where(RuntimeLog.runtime_id == rid)
+            .order_by(RuntimeLog.sequence)
+        ).all()
+    assert [tuple(line) for line in lines[-2:]] == [
+        ("runtime.cancelled", "alice", None),
+        ("action.refused", "alice", reason),
+    ]
+
+
 def test_delegate_hands_the_task_over(d):
     rid = d.submit(d.workflow(single_stage([{"users": ["a", "b"]}], "all")), {})
     d.act(rid, "a", "delegate", delegate_to="deputy")
