@@ -143,12 +143,16 @@ def resubmit(session: Session, *, command_id: str) -> list[str]:
 def cancel(session: Session, *, command_id: str) -> list[str]:
     """Cancel a runtime that has not ended yet."""
     command, runtime = _claim(session, command_id)
-    if command is not None and runtime is not None and runtime.status not in stages.FINAL_STATUSES:
-        if runtime.status == "pending":
-            # Cancelled before its start command ran (which will then do nothing): every
-            # runtime's event stream still begins with runtime.created.
-            journal.emit(session, runtime, "runtime.created", actor=runtime.submitted_by, status="pending")
-        stages.finish(session, runtime, "cancelled", actor=command.actor)
+    if command is None or runtime is None:
+        return []
+    if runtime.status in stages.FINAL_STATUSES:
+        # The last approval (or a reject) admitted at the same time was applied first.
+        return _refuse(session, runtime, command, None, f"runtime is {runtime.status} already")
+    if runtime.status == "pending":
+        # Cancelled before its start command ran (which will then do nothing): every
+        # runtime's event stream still begins with runtime.created.
+        journal.emit(session, runtime, "runtime.created", actor=runtime.submitted_by, status="pending")
+    stages.finish(session, runtime, "cancelled", actor=command.actor)
     return []
 
 

@@ -471,6 +471,29 @@ def test_a_resubmit_applied_after_a_cancel_is_refused_in_the_audit_log(d, sessio
     ]
 
 
+def test_a_cancel_applied_after_the_last_approval_is_refused_in_the_audit_log(d, session_factory):
+    rid = d.submit(d.workflow(single_stage([{"users": ["a"]}], "all")), {})
+    with session_factory.begin() as s:  # admitted while the runtime was still in progress
+        cancel_id = admission.request_cancel(s, tenant_id=d.tenant_id, runtime_id=rid, actor="alice").id
+    d.act(rid, "a", "approve")
+    assert d.apply(cancel_id, "cancel") == []
+    d.apply(cancel_id, "cancel")  # a redelivered message adds nothing
+    assert d.runtime(rid).status == "completed"
+    reason = "runtime is completed already"
+    with session_factory() as s:
+        command = s.get_one(RuntimeCommand, cancel_id)
+        assert (command.status, command.error) == ("refused", reason)
+        lines = s.execute(
+            select(RuntimeLog.action, RuntimeLog.actor, RuntimeLog.message)
+            .where(RuntimeLog.runtime_id == rid)
+            .order_by(RuntimeLog.sequence)
+        ).all()
+    assert [tuple(line) for line in lines[-2:]] == [
+        ("runtime.completed", None, None),
+        ("action.refused", "alice", reason),
+    ]
+
+
 def test_delegate_hands_the_task_over(d):
     rid = d.submit(d.workflow(single_stage([{"users": ["a", "b"]}], "all")), {})
     d.act(rid, "a", "delegate", delegate_to="deputy")
