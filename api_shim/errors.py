@@ -9,7 +9,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api_shim import schemas
@@ -119,6 +120,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(IntegrityError, _integrity_error)
     app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(PoolTimeoutError, _database_error)
     app.add_exception_handler(Exception, _unexpected)
 
 
@@ -172,13 +174,14 @@ async def _integrity_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, DBAPIError)
+    assert isinstance(exc, SQLAlchemyError)
     if not db.is_unavailable(exc):
         # The statement or its data is at fault (a CHECK constraint, a value out of range):
         # the same request would fail again, so a 503 would have the client retry forever.
         return await _unexpected(request, exc)
-    # The database is down, restarting, overloaded or timed out on a lock: the request's
-    # transaction did not commit, so nothing was accepted; the client should retry.
+    # The database is down, restarting, overloaded or timed out on a lock, or every pooled
+    # connection stayed busy past the pool timeout: the request's transaction did not
+    # commit, so nothing was accepted; the client should retry.
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
     return error_response(
         503,

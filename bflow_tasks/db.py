@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, InterfaceError
+from sqlalchemy.exc import DBAPIError, InterfaceError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bflow_tasks.settings import settings
@@ -126,12 +127,16 @@ MYSQL_MISSING_SCHEMA_CODES = frozenset({1146, 1054})
 MYSQL_UNREACHABLE_CODES = frozenset({1045, 1049, 2003, 2005, 2006, 2013})
 
 
-def is_unavailable(exc: DBAPIError) -> bool:
+def is_unavailable(exc: SQLAlchemyError) -> bool:
     """True when the database is unavailable for now (down, overloaded, locked), so a retry may succeed.
 
     False for an error the statement or its data causes (a CHECK constraint, a value out of
     range, a missing table): the same request would fail again, however often it is retried.
     """
+    if isinstance(exc, PoolTimeoutError):
+        return True  # every pooled connection stayed busy past the pool timeout: an overload
+    if not isinstance(exc, DBAPIError):
+        return False
     if exc.connection_invalidated or isinstance(exc, InterfaceError):
         return True  # the connection broke under the statement (SQLAlchemy's disconnect check)
     if isinstance(exc.orig, sqlite3.Error):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from bflow_tasks import db
 from tests import services
@@ -77,6 +78,15 @@ def test_a_database_that_refuses_the_connection_is_unavailable() -> None:
     with pytest.raises(DBAPIError) as caught:
         engine.connect()
     assert db.mysql_code(caught.value) == 2003
+    assert db.is_unavailable(caught.value)
+
+
+def test_a_full_connection_pool_is_unavailable(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'pool.db'}"
+    engine = create_engine(url, pool_size=1, max_overflow=0, pool_timeout=0.01)
+    with engine.connect(), pytest.raises(PoolTimeoutError) as caught:
+        engine.connect()  # the pool's only connection is taken
+    engine.dispose()
     assert db.is_unavailable(caught.value)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_shim import reads
@@ -263,3 +263,26 @@ def test_a_database_error_caused_by_the_data_is_500_not_503(
     assert "Retry-After" not in response.headers
     [record] = [r for r in caplog.records if r.name == "api_shim.errors"]
     assert record.exc_info is not None and "4025" in str(record.exc_info[1])  # logged whole
+
+
+def test_a_full_connection_pool_is_503(
+    api_engine: Engine, tenant: Tenant, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pooled connection busy past the pool timeout is an overload of the moment, not a bug."""
+    tiny = create_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=0.1)
+    monkeypatch.setattr(db, "_engine", tiny)
+    try:
+        # The test holds the pool's only connection while the request waits for one.
+        with TestClient(create_app(), raise_server_exceptions=False) as client, tiny.connect():
+            response = client.get(f"{API}/workflows", headers=tenant.headers)
+    finally:
+        tiny.dispose()
+    assert response.status_code == 503, response.text
+    assert response.json() == {
+        "error": {
+            "code": "database_unavailable",
+            "message": "the database is unavailable; nothing was accepted, retry later",
+            "details": None,
+        }
+    }
+    assert response.headers["Retry-After"] == "5"
