@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api_shim import schemas
 from bflow_tasks import db
@@ -41,6 +42,9 @@ HTTP_CODES = {
     422: "invalid_input",
     503: "unavailable",
 }
+
+# The methods a route may answer, in the order a 405's Allow header lists them.
+ROUTED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
 # What the OpenAPI schema says an error answers: the statuses every authenticated route can
@@ -158,12 +162,34 @@ def _problems(errors: Any) -> list[dict[str, str]]:
     return problems
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     code = HTTP_CODES.get(status, "error")
     message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
-    return error_response(status, code, message, None, getattr(exc, "headers", None))
+    headers = getattr(exc, "headers", None)
+    if status == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+    return error_response(status, code, message, None, headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the request's path answers, for a 405's Allow header (RFC 9110 §15.5.6).
+
+    Starlette names the methods of the first route that matched the path only, where one path
+    often has several routes (GET and POST /workflows); HEAD is answered wherever GET is (HeadAsGet).
+    """
+    allowed = [
+        method
+        for method in ROUTED_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    if "GET" in allowed:
+        allowed.insert(1, "HEAD")
+    return ", ".join(allowed)
 
 
 async def _integrity_error(_request: Request, exc: Exception) -> JSONResponse:

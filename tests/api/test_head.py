@@ -44,6 +44,24 @@ def test_head_where_there_is_no_get_is_405_naming_the_methods(client: TestClient
     assert client.head(f"{API}/nowhere").status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("DELETE", f"{API}/health", "GET, HEAD"),
+        ("PUT", "/metrics", "GET, HEAD"),
+        ("PATCH", f"{API}/workflows", "GET, HEAD, POST"),  # two routes share the path
+        ("PATCH", f"{API}/workflows/some-id", "GET, HEAD, PUT, DELETE"),
+        ("GET", f"{API}/runtime/execute", "POST"),
+    ],
+)
+def test_a_405_allows_every_method_of_the_path_and_head_with_get(
+    client: TestClient, tenant: Tenant, method: str, path: str, allow: str
+) -> None:
+    response = client.request(method, path, headers=tenant.headers)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+
+
 def test_head_is_counted_as_head_on_its_route(client: TestClient) -> None:
     client.head(f"{API}/health/ready")
     metrics = client.get("/metrics").text
