@@ -40,10 +40,39 @@ def schema_problem(url: str) -> str | None:
     return None
 
 
+class CliError(click.ClickException):
+    """A refusal: one `Error: ...` line, and with --json its stable code (the API's codes)."""
+
+    def __init__(self, message: str, *, code: str, details: Any = None):
+        super().__init__(message)
+        self.code = code
+        self.details = details
+
+
 class BflowGroup(click.Group):
-    """The top-level group: an unreachable or unmigrated database is one line on stderr."""
+    """The top-level group: a failure is one line on stderr, and one JSON object with --json."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Known before anything can fail, a usage error in the subcommand included.
+        ctx.meta["bflow.json"] = "--json" in args[: args.index("--") if "--" in args else None]
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return self._invoke_explaining_database_errors(ctx)
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except click.ClickException as exc:
+            if ctx.meta.get("bflow.json"):
+                code = exc.code if isinstance(exc, CliError) else _click_error_code(exc)
+                _emit_error(code, exc.format_message(), getattr(exc, "details", None))
+            raise
+        except Exception as exc:
+            if ctx.meta.get("bflow.json"):  # the traceback still goes to stderr
+                _emit_error("internal_error", f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _invoke_explaining_database_errors(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except DBAPIError as exc:
@@ -51,7 +80,9 @@ class BflowGroup(click.Group):
 
             if is_unreachable(exc):
                 where = make_url(settings.database_url).render_as_string(hide_password=True)
-                raise click.ClickException(f"cannot use the database at {where}: {exc.orig}") from None
+                raise CliError(
+                    f"cannot use the database at {where}: {exc.orig}", code="database_unavailable"
+                ) from None
             if ctx.invoked_subcommand in MIGRATING_COMMANDS or not is_missing_schema(exc):
                 raise
             try:
@@ -60,7 +91,16 @@ class BflowGroup(click.Group):
                 problem = None
             if problem is None:  # the schema is current, so the missing table is a bug: show it
                 raise
-            raise click.ClickException(problem) from None
+            raise CliError(problem, code="schema_missing") from None
+
+
+def _click_error_code(exc: click.ClickException) -> str:
+    return "usage_error" if isinstance(exc, click.UsageError) else "error"
+
+
+def _emit_error(code: str, message: str, details: Any = None) -> None:
+    """Print the one JSON object a failed --json command promises (on stdout, where its result goes)."""
+    click.echo(json.dumps({"error": {"code": code, "message": message, "details": details}}, default=str))
 
 
 @click.group(cls=BflowGroup)
@@ -88,7 +128,7 @@ def db_upgrade(revision: str, as_json: bool) -> None:
     try:
         migrations.upgrade(settings.database_url, revision)
     except CommandError as exc:  # an unknown --revision
-        raise click.ClickException(str(exc)) from None
+        raise CliError(str(exc), code="invalid_input") from None
     at = migrations.current(settings.database_url)
     _emit(as_json, {"revision": at}, f"database at revision {at}")
 
@@ -139,16 +179,19 @@ def workflow_import(file: Any, tenant_id: str, as_json: bool) -> None:
         raw = json.load(file)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting
         reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
-        raise click.ClickException(f"{file.name} is not UTF-8 JSON: {reason}") from None
+        raise CliError(f"{file.name} is not UTF-8 JSON: {reason}", code="invalid_input") from None
     try:
         with session_scope() as session:
             if session.get(Tenant, tenant_id) is None:
-                raise click.ClickException(f"unknown tenant {tenant_id}")
+                raise CliError(f"unknown tenant {tenant_id}", code="not_found")
             created, version = workflows.create_workflow(session, tenant_id=tenant_id, raw=raw)
             result = {"id": created.id, "name": created.name, "version": version.version}
     except DefinitionError as exc:
-        lines = "\n".join(f"  {p.path}: {p.message}" for p in exc.problems)
-        raise click.ClickException(f"the definition is invalid:\n{lines}") from None
+        problems = [{"path": p.path, "message": p.message} for p in exc.problems]
+        lines = "\n".join(f"  {p['path']}: {p['message']}" for p in problems)
+        raise CliError(
+            f"the definition is invalid:\n{lines}", code="invalid_definition", details=problems
+        ) from None
     _emit(
         as_json, result, f"workflow {result['name']} imported: {result['id']} (version {result['version']})"
     )
@@ -170,7 +213,7 @@ def workflow_show(workflow_id: str, mermaid: bool, as_json: bool) -> None:
     with session_scope() as session:
         found = session.scalars(select(Workflow).where(Workflow.id == workflow_id)).one_or_none()
         if found is None:
-            raise click.ClickException(f"workflow {workflow_id} not found")
+            raise CliError(f"workflow {workflow_id} not found", code="not_found")
         definition = workflows.load_definition(session, workflows.current_version(session, found).id)
     if as_json:
         payload = {"id": workflow_id, "definition": definition.model_dump(mode="json", exclude_none=True)}

@@ -106,10 +106,57 @@ def test_workflow_import_of_a_file_that_is_not_json_is_a_one_line_error(tmp_path
 def test_workflow_import_to_an_unknown_tenant_is_a_one_line_error(tmp_path, tenant_id):
     path = tmp_path / "leave.json"
     path.write_text(json.dumps(leave_request_definition()))
-    result = run(tmp_path, "workflow", "import", str(path), "--tenant", "no-such-tenant", "--json")
+    result = run(tmp_path, "workflow", "import", str(path), "--tenant", "no-such-tenant")
     assert result.returncode == 1, result.stderr
     assert result.stdout == ""
     assert result.stderr.strip() == "Error: unknown tenant no-such-tenant"
+
+
+def json_error(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    """The one JSON object a failed --json command prints on stdout (its error line stays on stderr)."""
+    assert result.returncode != 0, result.stdout
+    payload = json.loads(result.stdout)
+    assert set(payload) == {"error"} and set(payload["error"]) == {"code", "message", "details"}
+    return payload["error"]
+
+
+def test_a_refused_json_command_prints_one_error_object(tmp_path, tenant_id):
+    path = tmp_path / "leave.json"
+    path.write_text(json.dumps(leave_request_definition()))
+    unknown = run(tmp_path, "workflow", "import", str(path), "--tenant", "no-such-tenant", "--json")
+    assert unknown.returncode == 1
+    assert json_error(unknown) == {
+        "code": "not_found",
+        "message": "unknown tenant no-such-tenant",
+        "details": None,
+    }
+    assert unknown.stderr.strip() == "Error: unknown tenant no-such-tenant"
+    bad = leave_request_definition()
+    bad["associations"][0]["dest"] = "nowhere"
+    path.write_text(json.dumps(bad))
+    invalid = json_error(run(tmp_path, "workflow", "import", str(path), "--tenant", tenant_id, "--json"))
+    assert invalid["code"] == "invalid_definition"
+    assert "$.associations[0].dest" in [problem["path"] for problem in invalid["details"]]
+    assert json_error(run(tmp_path, "workflow", "show", "nope", "--json"))["code"] == "not_found"
+    assert (
+        json_error(run(tmp_path, "db", "upgrade", "--revision", "nope", "--json"))["code"] == "invalid_input"
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("tenant", "create", "--json"),
+        ("archive", "--json", "--bogus"),
+        ("workflow", "import", "x.json", "--json"),
+    ],
+    ids=["missing-argument", "unknown-option", "missing-option"],
+)
+def test_a_usage_error_with_json_prints_one_error_object(tmp_path, command):
+    result = run(tmp_path, *command)
+    assert result.returncode == 2
+    assert json_error(result)["code"] == "usage_error"
+    assert "Usage: bflow" in result.stderr
 
 
 # --- a database without the schema ---------------------------------------------------------
@@ -149,10 +196,17 @@ def test_an_unmigrated_database_is_one_line_saying_how_to_migrate(tmp_path, empt
     (tmp_path / "leave.json").write_text(json.dumps(leave_request_definition()))
     result = run(tmp_path, *command, env={"BFLOW_DATABASE_URL": empty_database_url})
     assert result.returncode == 1, result.stderr
-    assert result.stdout == ""
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("Error: the database at ") and "has no Bflow schema" in line, line
     assert "run `bflow db upgrade`" in line
+    if "--json" in command:
+        assert json_error(result) == {
+            "code": "schema_missing",
+            "message": line[len("Error: ") :],
+            "details": None,
+        }
+    else:
+        assert result.stdout == ""
 
 
 def test_a_database_behind_the_code_is_named_with_its_revision(tmp_path):
@@ -173,6 +227,10 @@ def test_a_missing_table_in_a_migrated_database_is_not_disguised(tmp_path):
     result = run(tmp_path, "archive", "--dry-run")
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "no such table: runtime_viewer" in result.stderr
+    as_json = run(tmp_path, "archive", "--dry-run", "--json")
+    error = json_error(as_json)
+    assert error["code"] == "internal_error" and "no such table: runtime_viewer" in error["message"]
+    assert "Traceback" in as_json.stderr
 
 
 # --- the demo's --json on failure ----------------------------------------------------------
@@ -214,6 +272,8 @@ def test_an_unreachable_database_is_one_error_line(tmp_path, url, command):
     assert result.returncode == 1, result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("Error: cannot use the database at "), line
+    as_json = run(tmp_path, *command, "--json", env={"BFLOW_DATABASE_URL": url})
+    assert json_error(as_json)["code"] == "database_unavailable"
 
 
 def test_an_unknown_revision_is_one_error_line(tmp_path):
