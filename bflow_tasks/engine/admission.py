@@ -125,13 +125,14 @@ def request_action(
 ) -> RuntimeCommand:
     """Admit a person's action on their task, refusing anything that could not be applied."""
     found = session.execute(
-        select(RuntimeAssignee, Runtime)
+        select(RuntimeAssignee, Runtime, RuntimeStage.action)
         .join(Runtime, Runtime.id == RuntimeAssignee.runtime_id)
+        .join(RuntimeStage, RuntimeStage.id == RuntimeAssignee.runtime_stage_id)
         .where(RuntimeAssignee.id == task_id, RuntimeAssignee.tenant_id == tenant_id)
     ).one_or_none()
     if found is None:
         raise NotFound(f"task {task_id} not found")
-    assignee, runtime = found
+    assignee, runtime, node_action = found
     if action not in ACTIONS:
         raise InvalidInput(f"unknown action '{action}'; expected one of {', '.join(ACTIONS)}")
     if assignee.user != actor:
@@ -140,6 +141,9 @@ def request_action(
         raise Conflict(f"task {task_id} is already {assignee.status}")
     if runtime.status != "in_progress":
         raise Conflict(f"runtime {runtime.id} is {runtime.status}")
+    refusal = stages.action_refusal(node_action, action)
+    if refusal:
+        raise Conflict(refusal, details={"allowed": list(stages.TASK_ACTIONS[node_action])})
     if action == "delegate":
         if not delegate_to:
             raise InvalidInput(

@@ -71,6 +71,9 @@ def apply_action(session: Session, *, command_id: str) -> list[str]:
         # Acted on before the stage's opening chord finished (a header task behind a backlog,
         # or lost with a killed worker): finish the opening first, so its events come first.
         stages.finish_opening(session, runtime, stage)
+    refusal = stages.action_refusal(stage.action, action)
+    if refusal:  # admitted by a shim that did not check it yet
+        return _refuse(session, runtime, command, assignee, refusal)
     if action == "delegate":
         # Admission checked this too, but another delegation or an escalation stand-in
         # may have given the same user a place on this stage since.

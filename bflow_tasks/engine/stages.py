@@ -311,6 +311,25 @@ def _assign(
     return assignee
 
 
+# What a person may do on a task, by its node's action. A to-do or a receipt is work to
+# acknowledge (`approve` marks it done) or to send back to the submitter (`return`), not a
+# decision: a definition cannot route `on: reject` out of it either (graph checks).
+TASK_ACTIONS = {
+    "approve": ("approve", "reject", "return", "delegate"),
+    "todo": ("approve", "return", "delegate"),
+    "receive": ("approve", "return", "delegate"),
+}
+
+
+def action_refusal(node_action: str, action: str) -> str | None:
+    """Why `action` does not apply to a task on a `node_action` stage, or None if it does."""
+    allowed = TASK_ACTIONS.get(node_action, ())
+    if action in allowed:
+        return None
+    expected = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+    return f"'{action}' does not apply to a {node_action} task; expected {expected}"
+
+
 def delegation_conflict(to_user: str, *, holders: Iterable[str], approvers: list[Any]) -> str | None:
     """Why `to_user` cannot take over a task on a stage, or None if they can.
 

@@ -17,6 +17,7 @@ from tests.api.helpers import (
     count,
     open_runtime,
     queued_messages,
+    zoned_definition,
 )
 
 
@@ -118,6 +119,25 @@ def test_delegate_with_data_is_422_and_stores_nothing(
     ]
     assert count(api_engine, RuntimeCommand, kind="action") == 0
     assert queued_messages() == 0
+
+
+def test_reject_on_a_to_do_is_409_and_stores_nothing(
+    client: TestClient, tenant: Tenant, session_factory: sessionmaker[Session], api_engine: Engine
+) -> None:
+    """A to-do is work to do or to send back, not a decision: there is nothing to reject."""
+    definition = zoned_definition()
+    definition["nodes"][1]["action"] = "todo"
+    task_id = open_runtime(session_factory, tenant, definition=definition).tasks["u1"]
+    response = act(client, tenant, task_id, action="reject", actor="u1")
+    assert response.status_code == 409, response.text
+    assert response.json()["error"] == {
+        "code": "conflict",
+        "message": "'reject' does not apply to a todo task; expected approve, return or delegate",
+        "details": {"allowed": ["approve", "return", "delegate"]},
+    }
+    assert count(api_engine, RuntimeCommand, kind="action") == 0
+    assert queued_messages() == 0
+    assert act(client, tenant, task_id, action="return", actor="u1").status_code == 202
 
 
 @pytest.mark.parametrize("action", ["approve", "reject", "return"])

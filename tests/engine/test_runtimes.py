@@ -575,6 +575,53 @@ def test_wrong_actor_and_double_action_are_refused(d, session_factory):
         admission.request_action(s, tenant_id=d.tenant_id, task_id=task, action="reject", actor="a")
 
 
+def to_do(node_action: str) -> dict[str, Any]:
+    """submit -> a to-do (or receipt) for `a` -> done."""
+    node = {
+        "key": "work",
+        "name": "Work",
+        "action": node_action,
+        "approvers": {"sources": [{"users": ["a"]}]},
+    }
+    return definition([node], [{"source": "submit", "dest": "work"}, {"source": "work", "dest": "done"}])
+
+
+@pytest.mark.parametrize("node_action", ["todo", "receive"])
+def test_a_to_do_cannot_be_rejected_only_done_or_returned(d, session_factory, node_action):
+    rid = d.submit(d.workflow(to_do(node_action)), {})
+    task = d.task_of(rid, "a")
+    with session_factory() as s, pytest.raises(Conflict) as refused:
+        admission.request_action(s, tenant_id=d.tenant_id, task_id=task, action="reject", actor="a")
+    assert refused.value.message == (
+        f"'reject' does not apply to a {node_action} task; expected approve, return or delegate"
+    )
+    with session_factory() as s:
+        assert s.scalar(select(func.count()).where(RuntimeCommand.kind == "action")) == 0
+    d.act(rid, "a", "return")  # back to the submitter, as from an approval
+    assert d.status(rid) == "returned"
+    d.resubmit(rid)
+    d.act(rid, "a")  # approve: the to-do is done
+    assert d.status(rid) == "completed"
+
+
+def test_a_reject_on_a_to_do_admitted_before_the_rule_is_refused_when_applied(d, session_factory):
+    rid = d.submit(d.workflow(to_do("todo")), {})
+    command_id = d.request(rid, "a", "approve")
+    with session_factory.begin() as s:  # as an older shim admitted it
+        command = s.get_one(RuntimeCommand, command_id)
+        command.payload = {**command.payload, "action": "reject"}
+    d.apply(command_id, "action")
+    with session_factory() as s:
+        refused = s.get_one(RuntimeCommand, command_id)
+        assert refused.status == "refused"
+        assert refused.error == "'reject' does not apply to a todo task; expected approve, return or delegate"
+        logged = s.scalars(select(RuntimeLog.action).where(RuntimeLog.runtime_id == rid)).all()
+        assert "action.refused" in logged and "task.reject" not in logged
+    assert d.status(rid) == "in_progress"
+    d.act(rid, "a")  # the refusal freed the task
+    assert d.status(rid) == "completed"
+
+
 def test_another_tenant_cannot_see_the_task(d, session_factory):
     rid = d.submit(d.workflow(single_stage([{"users": ["a"]}])), {})
     other, task = Driver(session_factory), d.task_of(rid, "a")
