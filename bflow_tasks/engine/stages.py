@@ -326,6 +326,8 @@ def action_refusal(node_action: str, action: str) -> str | None:
     allowed = TASK_ACTIONS.get(node_action, ())
     if action in allowed:
         return None
+    if not allowed:
+        return f"a {node_action} stage has no tasks to act on"
     expected = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
     return f"'{action}' does not apply to a {node_action} task; expected {expected}"
 
