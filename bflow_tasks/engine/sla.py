@@ -12,7 +12,7 @@ waits for the next run. Runtimes are handled `RUNTIMES_PER_TRANSACTION` at a tim
 id order by one statement, so the scan holds few locks at once, cannot deadlock with itself,
 and pays one commit per group rather than per runtime. A group that fails is retried one
 runtime per transaction, so that one broken runtime never holds back the others; the tasks of
-a runtime that still fails (other than for a lock wait or a lost connection) get
+a runtime that still fails (other than for a lock wait, a lost connection or a full pool) get
 `sla_retry_at`, as long after now as they have been due, and are left out until then, so that
 broken runtimes never fill a batch and hold back everyone else's.
 """
@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, or_, select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
 from bflow_tasks import db
@@ -112,8 +112,8 @@ def _scan_one_by_one(scope: SessionScope, work: Work, *, now: datetime) -> Count
                 done = _scan_runtimes(session, {runtime_id: tasks}, now=now)
         except Exception as exc:
             counts["errors"] += 1
-            if isinstance(exc, DBAPIError) and db.is_unavailable(exc):
-                # A lock wait, a deadlock, a lost connection: the next run tries it again.
+            if isinstance(exc, SQLAlchemyError) and db.is_unavailable(exc):
+                # A lock wait, a deadlock, a lost connection, a full pool: the next run tries again.
                 log.warning("SLA scan of runtime %s failed for now: %s", runtime_id, exc)
             else:
                 # One broken runtime must not stop the others' reminders, now or in later runs.

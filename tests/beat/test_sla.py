@@ -10,6 +10,7 @@ import pymysql
 import pytest
 from sqlalchemy import Engine, event, select
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bflow_tasks.engine import admission, sla
@@ -330,18 +331,25 @@ def test_runtimes_that_keep_failing_do_not_hold_back_everyone_elses_tasks(
         assert scan(session_factory, batch=2) == {**nothing, "errors": errors, "more": int(errors == 2)}
 
 
-def test_a_runtime_failing_on_a_lock_wait_is_not_held_back(
-    d: Driver, session_factory, fake_clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+FAILING_FOR_NOW = {
+    "lock wait": OperationalError(
+        "UPDATE ...", {}, pymysql.err.OperationalError(1205, "Lock wait timeout exceeded")
+    ),
+    "full pool": PoolTimeoutError("QueuePool limit of size 5 overflow 10 reached"),
+}
+
+
+@pytest.mark.parametrize("failure", FAILING_FOR_NOW)
+def test_a_runtime_failing_for_now_is_not_held_back(
+    d: Driver, session_factory, fake_clock: FakeClock, monkeypatch: pytest.MonkeyPatch, failure: str
 ) -> None:
     runtime_id = d.submit(d.workflow(review(["u1"], sla_hours=1)), {})
     mark_overdue = sla._mark_overdue
 
-    def wait_for_a_lock(*args: Any, **kwargs: Any) -> int:
-        raise OperationalError(
-            "UPDATE ...", {}, pymysql.err.OperationalError(1205, "Lock wait timeout exceeded")
-        )
+    def fail_for_now(*args: Any, **kwargs: Any) -> int:
+        raise FAILING_FOR_NOW[failure]
 
-    monkeypatch.setattr(sla, "_mark_overdue", wait_for_a_lock)
+    monkeypatch.setattr(sla, "_mark_overdue", fail_for_now)
     fake_clock.advance(hours=3)
     assert scan(session_factory)["errors"] == 1
     monkeypatch.setattr(sla, "_mark_overdue", mark_overdue)
