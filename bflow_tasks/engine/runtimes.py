@@ -29,6 +29,58 @@ def lock(session: Session, runtime_id: str) -> Runtime:
     return runtime
 
 
+def lock_command(session: Session, command_id: str) -> tuple[RuntimeCommand | None, Runtime | None]:
+    """Load a command and its runtime (with stages and tasks), both rows locked; (None, None) if gone.
+
+    A command that does not exist was withdrawn after the broker refused it (or its runtime
+    was archived): its late message changes nothing.
+    """
+    # One statement locks the command and its runtime (FOR UPDATE covers both joined rows;
+    # SQLite's BEGIN IMMEDIATE already serialises the whole transaction); a second loads the
+    # runtime's stages with their tasks, which the transition then decides on in memory.
+    row = session.execute(
+        select(RuntimeCommand, Runtime)
+        .join(Runtime, Runtime.id == RuntimeCommand.runtime_id)
+        .where(RuntimeCommand.id == command_id)
+        .with_for_update()
+        .options(selectinload(Runtime.stages).joinedload(RuntimeStage.assignees))
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if row is None:
+        return None, None
+    command, runtime = row
+    return command, runtime
+
+
+def lock_stage(session: Session, stage_id: str) -> tuple[RuntimeStage | None, Runtime | None]:
+    """Lock a stage's runtime, then load the stage with its tasks.
+
+    Only the runtime row is locked (a locking read does not lock a subquery's rows), so
+    every transition takes its locks in the same order: the runtime first.
+    """
+    runtime = session.scalars(
+        select(Runtime)
+        .where(
+            Runtime.id == select(RuntimeStage.runtime_id).where(RuntimeStage.id == stage_id).scalar_subquery()
+        )
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if runtime is None:
+        return None, None
+    stage = (
+        session.scalars(
+            select(RuntimeStage)
+            .where(RuntimeStage.id == stage_id)
+            .options(joinedload(RuntimeStage.assignees))
+            .execution_options(populate_existing=True)
+        )
+        .unique()
+        .one()
+    )
+    return stage, runtime
+
+
 # --- commands (the worker's side) -----------------------------------------------------------
 
 
@@ -167,7 +219,7 @@ def opening_plan(session: Session, *, stage_ids: list[str]) -> list[tuple[str, s
 
 def assign(session: Session, *, stage_id: str, user: str) -> str | None:
     """Create one approver's task on a stage being opened (a chord header); return its id."""
-    stage, runtime = _lock_stage(session, stage_id)
+    stage, runtime = lock_stage(session, stage_id)
     if stage is None or runtime is None:
         return None
     assignee = stages.add_assignee(session, runtime, stage, user=user)
@@ -183,7 +235,7 @@ def mark_started(session: Session, *, stage_ids: list[str]) -> None:
     # Usually the last header task has started them all: one read, no lock, nothing to write.
     still_opening = session.scalars(select(RuntimeStage.id).where(*_still_opening(stage_ids))).all()
     for stage_id in sorted(still_opening):
-        stage, runtime = _lock_stage(session, stage_id)
+        stage, runtime = lock_stage(session, stage_id)
         if stage is not None and runtime is not None:
             stages.mark_started(session, runtime, stage)
 
@@ -208,25 +260,10 @@ def _refuse(
 
 
 def _claim(session: Session, command_id: str) -> tuple[RuntimeCommand | None, Runtime | None]:
-    """Lock the command's runtime; return the command only if it still has to be applied.
-
-    A command that does not exist was withdrawn after the broker refused it (or its runtime
-    was archived): its late message changes nothing.
-    """
-    # One statement locks the command and its runtime (FOR UPDATE covers both joined rows;
-    # SQLite's BEGIN IMMEDIATE already serialises the whole transaction); a second loads the
-    # runtime's stages with their tasks, which the transition then decides on in memory.
-    row = session.execute(
-        select(RuntimeCommand, Runtime)
-        .join(Runtime, Runtime.id == RuntimeCommand.runtime_id)
-        .where(RuntimeCommand.id == command_id)
-        .with_for_update()
-        .options(selectinload(Runtime.stages).joinedload(RuntimeStage.assignees))
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    if row is None:
+    """Lock the command's runtime; return the command only if it still has to be applied."""
+    command, runtime = lock_command(session, command_id)
+    if command is None or runtime is None:
         return None, None
-    command, runtime = row
     if command.status != "requested":
         return None, runtime
     command.status, command.applied_at = "applied", clock.now()
@@ -240,35 +277,6 @@ def _claim(session: Session, command_id: str) -> tuple[RuntimeCommand | None, Ru
 def _still_opening(stage_ids: list[str]) -> tuple[ColumnElement[bool], ...]:
     """Which of these stages are open with their opening not finished (started_at unset)."""
     return RuntimeStage.id.in_(stage_ids), RuntimeStage.status == "open", RuntimeStage.started_at.is_(None)
-
-
-def _lock_stage(session: Session, stage_id: str) -> tuple[RuntimeStage | None, Runtime | None]:
-    """Lock a stage's runtime, then load the stage with its tasks.
-
-    Only the runtime row is locked (a locking read does not lock a subquery's rows), so
-    every transition takes its locks in the same order: the runtime first.
-    """
-    runtime = session.scalars(
-        select(Runtime)
-        .where(
-            Runtime.id == select(RuntimeStage.runtime_id).where(RuntimeStage.id == stage_id).scalar_subquery()
-        )
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    if runtime is None:
-        return None, None
-    stage = (
-        session.scalars(
-            select(RuntimeStage)
-            .where(RuntimeStage.id == stage_id)
-            .options(joinedload(RuntimeStage.assignees))
-            .execution_options(populate_existing=True)
-        )
-        .unique()
-        .one()
-    )
-    return stage, runtime
 
 
 def _unopened(session: Session, runtime: Runtime | None) -> list[str]:

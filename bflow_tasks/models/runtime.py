@@ -95,6 +95,8 @@ class RuntimeStage(Base):
     completed_at: Mapped[datetime | None]
     # When the sweep may re-send this stage's opening again (NULL: never re-sent yet).
     next_sweep_at: Mapped[datetime | None]
+    # Failed attempts to create its tasks that a retry would not fix (engine.failures).
+    opening_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     assignees: Mapped[list[RuntimeAssignee]] = relationship(
         order_by="(RuntimeAssignee.created_at, RuntimeAssignee.id)", passive_deletes=True
@@ -176,8 +178,9 @@ class RuntimeCommand(Base):
 
     The shim commits the command before it publishes the message that applies it; the
     sweep re-publishes any command still `requested` after a grace period, and applying a
-    command twice is a no-op. `dedupe_key` makes "one action per task" and "one resubmit
-    per round" a unique constraint rather than a hope.
+    command twice is a no-op. Status: `requested`, then `applied`, `refused` (no longer
+    applicable) or `failed` (it kept failing: see `engine.failures`). `dedupe_key` makes
+    "one action per task" and "one resubmit per round" a unique constraint rather than a hope.
     """
 
     __tablename__ = "runtime_command"
@@ -201,6 +204,9 @@ class RuntimeCommand(Base):
     applied_at: Mapped[datetime | None]
     # When the sweep may re-send this command again (NULL: never re-sent yet).
     next_sweep_at: Mapped[datetime | None]
+    # Failed attempts to apply it that a retry would not fix (engine.failures): at the
+    # limit the command is `failed` and its runtime ends in `error`.
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class RuntimeEvent(Base):

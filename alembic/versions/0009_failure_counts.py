@@ -1,0 +1,41 @@
+"""Count the failures of a command, and of a stage's opening, that a retry would not fix.
+
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-11-24
+
+A command that failed for a reason other than the database or the broker being unavailable
+(a bug, data the database refuses) was retried by its task twelve times and then re-sent
+by the sweep, for ever: the runtime stayed `pending` or `in_progress` and nobody was told.
+Such failures are now counted (`runtime_command.failures`, `runtime_stage.opening_failures`);
+at the limit the command is `failed` and the runtime ends in `error`. runtime_command has no
+archive twin (the archive deletes commands); runtime_stage has one.
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0009"
+down_revision: str | Sequence[str] | None = "0008"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+COUNTS = {
+    "runtime_command": "failures",
+    "runtime_stage": "opening_failures",
+    "runtime_stage_archive": "opening_failures",
+}
+
+
+def upgrade() -> None:
+    for table, column in COUNTS.items():
+        with op.batch_alter_table(table) as batch:
+            batch.add_column(sa.Column(column, sa.Integer(), server_default="0", nullable=False))
+
+
+def downgrade() -> None:
+    for table, column in COUNTS.items():
+        with op.batch_alter_table(table) as batch:
+            batch.drop_column(column)
