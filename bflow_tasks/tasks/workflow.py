@@ -8,9 +8,11 @@ from sqlalchemy.exc import DBAPIError
 from bflow_tasks.celery_app import app
 from bflow_tasks.db import session_scope
 from bflow_tasks.engine import runtimes
+from bflow_tasks.tasks.attempts import attempt
 
 # A database restart or an InnoDB deadlock is worth another try, with backoff; every task
-# is idempotent, so a retry after a partial attempt is safe.
+# is idempotent, so a retry after a partial attempt is safe. Only such errors reach Celery as
+# a DBAPIError: `attempt` counts any other and raises it as StepFailed, for the sweep.
 RETRY = {
     "autoretry_for": (DBAPIError,),
     "retry_backoff": True,
@@ -27,28 +29,28 @@ UNSTORED = {**RETRY, "ignore_result": True}
 @app.task(name="workflow.start_runtime", **UNSTORED)
 def start_runtime(command_id: str, runtime_id: str) -> list[str]:
     """Start a submitted runtime; return the stages to open."""
-    with session_scope() as session:
+    with attempt(command_id=command_id), session_scope() as session:
         return runtimes.start(session, command_id=command_id)
 
 
 @app.task(name="workflow.record_action", **UNSTORED)
 def record_action(command_id: str, runtime_id: str, task_id: str, action: str) -> list[str]:
     """Apply a person's action on a task; return the stages it opened."""
-    with session_scope() as session:
+    with attempt(command_id=command_id), session_scope() as session:
         return runtimes.apply_action(session, command_id=command_id)
 
 
 @app.task(name="workflow.resubmit", **UNSTORED)
 def resubmit(command_id: str, runtime_id: str) -> list[str]:
     """Continue a returned runtime with revised data; return the stages to open."""
-    with session_scope() as session:
+    with attempt(command_id=command_id), session_scope() as session:
         return runtimes.resubmit(session, command_id=command_id)
 
 
 @app.task(name="workflow.cancel", **UNSTORED)
 def cancel(command_id: str, runtime_id: str) -> list[str]:
     """Cancel a runtime."""
-    with session_scope() as session:
+    with attempt(command_id=command_id), session_scope() as session:
         return runtimes.cancel(session, command_id=command_id)
 
 
@@ -57,7 +59,7 @@ def open_stages(stage_ids: list[str]) -> None:
     """Fan out one assign task per approver, then mark the stages started (a chord)."""
     if not stage_ids:  # most actions open nothing: no transaction for them
         return
-    with session_scope() as session:
+    with attempt(), session_scope() as session:
         plan = runtimes.opening_plan(session, stage_ids=stage_ids)
     if not plan:
         return
@@ -68,12 +70,12 @@ def open_stages(stage_ids: list[str]) -> None:
 @app.task(name="workflow.assign", **RETRY)
 def assign(stage_id: str, user: str) -> str | None:
     """Create one approver's task (chord header: its result is stored, the chord counts it)."""
-    with session_scope() as session:
+    with attempt(stage_id=stage_id), session_scope() as session:
         return runtimes.assign(session, stage_id=stage_id, user=user)
 
 
 @app.task(name="workflow.stages_opened", **UNSTORED)
 def stages_opened(stage_ids: list[str]) -> None:
     """Record that the stages' approvers all have their tasks (chord body)."""
-    with session_scope() as session:
+    with attempt(), session_scope() as session:
         runtimes.mark_started(session, stage_ids=stage_ids)

@@ -82,7 +82,8 @@ def populated(engine: Engine, session_factory) -> Engine:
     ]
     with session_factory() as s:
         node_id = s.scalars(select(RuntimeStage.node_id).where(RuntimeStage.id == stage_id)).one()
-    # Most commands are applied and most stages started; a few are lost, some re-sent before.
+    # Most commands are applied and most stages started; a few are lost, some re-sent before,
+    # some failed for good (left out by the sweep).
     commands = [
         {
             "id": f"c-{n:05d}",
@@ -90,7 +91,7 @@ def populated(engine: Engine, session_factory) -> Engine:
             "kind": "action",
             "dedupe_key": f"k-{n}",
             "payload": {},
-            "status": "applied" if n % 50 else "requested",
+            "status": {0: "requested", 25: "failed"}.get(n % 50, "applied"),
             "created_at": T0 - timedelta(minutes=n % 60),
             "next_sweep_at": T0 + timedelta(minutes=n % 7 - 3) if n % 3 == 0 else None,
         }
