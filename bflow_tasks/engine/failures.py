@@ -56,7 +56,7 @@ def opening_failed(session: Session, *, stage_id: str, error: str) -> int:
         return 0
     stage.opening_failures += 1
     if stage.opening_failures >= MAX_FAILURES and runtime.status not in stages.FINAL_STATUSES:
-        # The stage is in `runtime.stages` (loaded with it): ending the runtime cancels it.
+        # `runtime.stages`, loaded on first use, holds this same stage: the end cancels it.
         reason = f"opening the stage '{stage.node_key}' failed {stage.opening_failures} times: "
         _end_in_error(session, runtime, reason=reason + error[:ERROR_CHARS])
     return stage.opening_failures
