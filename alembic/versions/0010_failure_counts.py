@@ -1,8 +1,8 @@
 """Count the failures of a command, and of a stage's opening, that a retry would not fix.
 
-Revision ID: 0009
-Revises: 0008
-Create Date: 2026-11-24
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-11-23
 
 A command that failed for a reason other than the database or the broker being unavailable
 (a bug, data the database refuses) was retried by its task twelve times and then re-sent
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0009"
-down_revision: str | Sequence[str] | None = "0008"
+revision: str = "0010"
+down_revision: str | Sequence[str] | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
