@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import kombu.exceptions
 import redis.exceptions
 from celery.exceptions import BackendError
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from bflow_tasks import db
 from bflow_tasks.engine import failures
@@ -27,13 +27,14 @@ log = logging.getLogger(__name__)
 
 # The broker or the result backend could not be reached, or stopped answering: a publish
 # (kombu wraps its transport's errors in OperationalError), a chord's counter in Redis, a
-# socket (OSError: refused, reset, timed out).
+# socket (refused, reset, timed out). Not any OSError: a bug can raise one too.
 UNREACHABLE: tuple[type[BaseException], ...] = (
     kombu.exceptions.OperationalError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     BackendError,
-    OSError,
+    ConnectionError,
+    TimeoutError,
 )
 
 
@@ -43,8 +44,8 @@ class StepFailed(Exception):
 
 def is_transient(exc: BaseException) -> bool:
     """True when the database or the broker failed for now, so a retry may succeed."""
-    if isinstance(exc, DBAPIError):
-        return db.is_unavailable(exc)
+    if isinstance(exc, SQLAlchemyError):
+        return db.is_unavailable(exc)  # a full pool too: SQLAlchemy's TimeoutError
     return isinstance(exc, UNREACHABLE)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import chord, group
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from bflow_tasks.celery_app import app
 from bflow_tasks.db import session_scope
@@ -11,10 +12,11 @@ from bflow_tasks.engine import runtimes
 from bflow_tasks.tasks.attempts import attempt
 
 # A database restart or an InnoDB deadlock is worth another try, with backoff; every task
-# is idempotent, so a retry after a partial attempt is safe. Only such errors reach Celery as
-# a DBAPIError: `attempt` counts any other and raises it as StepFailed, for the sweep.
+# is idempotent, so a retry after a partial attempt is safe; so is a full connection pool.
+# Only such errors reach Celery as these: `attempt` counts any other and raises it as
+# StepFailed, for the sweep.
 RETRY = {
-    "autoretry_for": (DBAPIError,),
+    "autoretry_for": (DBAPIError, PoolTimeoutError),
     "retry_backoff": True,
     "retry_backoff_max": 60,
     "max_retries": 12,

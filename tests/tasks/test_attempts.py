@@ -9,6 +9,7 @@ import pymysql
 import pytest
 import redis.exceptions
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from bflow_tasks.tasks.attempts import StepFailed, attempt, describe, is_transient
 
@@ -20,9 +21,11 @@ FOR_NOW = [
     kombu.exceptions.OperationalError("[Errno 111] Connection refused"),
     redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379"),
     ConnectionResetError(104, "Connection reset by peer"),
+    PoolTimeoutError("QueuePool limit of size 5 overflow 10 reached, connection timed out"),
 ]
 FOR_GOOD = [
     KeyError("no such node"),
+    FileNotFoundError(2, "No such file or directory"),  # an OSError, but no socket's
     IntegrityError("INSERT", {}, pymysql.err.IntegrityError(1062, "Duplicate entry 'a' for key 'uq'")),
     DataError("INSERT", {}, pymysql.err.DataError(1406, "Data too long for column 'comments' at row 1")),
     OperationalError("INSERT", {}, pymysql.err.OperationalError(4025, "CONSTRAINT `data` failed")),
