@@ -335,8 +335,13 @@ def check_0009_numbers_old_audit_lines(url: str, engine: Engine) -> None:
         _log(connection, "runtime_log_archive", "c2", "c", "runtime.completed", 2)
 
     migrations.upgrade(url, "0008")
-    _cancel(url, "b", "cmd-b")  # b was in flight across 0002
     with engine.begin() as connection:
+        # b was in flight across 0002: the first command applied after it (a cancel) logged
+        # the submission again, as log_sequence was 0. Written as 0008's engine wrote it (today's
+        # models have columns a database at 0008 lacks).
+        _log(connection, "runtime_log", "b2", "b", "runtime.submitted", 0, actor="alice", sequence=1)
+        _log(connection, "runtime_log", "b3", "b", "runtime.cancelled", 2, actor="alice", sequence=2)
+        connection.execute(text("UPDATE runtime SET log_sequence = 2, status = 'cancelled' WHERE id = 'b'"))
         # Written after 0002, numbered already, with a gap that renumbering would close.
         _runtime(connection, "runtime", "d", "in_progress")
         _log(connection, "runtime_log", "d1", "d", "runtime.submitted", 0, sequence=1)
