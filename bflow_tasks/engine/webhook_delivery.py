@@ -159,6 +159,11 @@ def record_attempt(
         if endpoint.failing_since is not None:
             endpoint.failing_since = None
         return Next(go_on=True)
+    if not endpoint.is_active:
+        # Disabled while this attempt was in flight (another stream's 410): parked with the
+        # rest, not dead-lettered nor disabled twice, so enabling sends it first again.
+        delivery.status, delivery.next_attempt_at = "retrying", None
+        return Next(go_on=False)
     endpoint.failing_since = failing_run_start(endpoint, now=now, scale=scale)
     endpoint.last_failure_at = now
     if outcome.status_code == 410 or now - endpoint.failing_since >= DISABLE_AFTER:

@@ -117,10 +117,12 @@ def enable_endpoint(session: Session, *, tenant_id: str, endpoint_id: str) -> We
     )
     _touch_streams(session, endpoint.id, *parked)
     # Deliveries before the endpoint row: the lock order outcomes take (see disable_endpoint).
+    # A fresh retry schedule, as a replay gets: one parked on its last attempt would
+    # otherwise be dead-lettered by the first failure after enabling, out of order again.
     session.execute(
         update(WebhookDelivery)
         .where(*parked)
-        .values(next_attempt_at=clock.now())
+        .values(next_attempt_at=clock.now(), attempts=0)
         .execution_options(synchronize_session=False)
     )
     endpoint.is_active, endpoint.disabled_reason, endpoint.failing_since = True, None, None

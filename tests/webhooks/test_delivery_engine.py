@@ -173,3 +173,64 @@ def _make_due(session_factory: sessionmaker[Session], delivery_id: str, attempts
         row.next_attempt_at = clock.now() - timedelta(seconds=1)
         if attempts is not None:
             row.attempts = attempts
+
+
+def test_a_delivery_parked_on_its_last_attempt_gets_a_fresh_schedule_when_enabled(
+    driver: Driver, session_factory: sessionmaker[Session], engine: Engine
+) -> None:
+    failing, _ = add_endpoint(session_factory, driver.tenant_id, URL)
+    runtime_id = driver.submit(driver.workflow(leave_request_definition()), {"amount": 10})
+    rows = deliveries(engine, endpoint_id=failing, runtime_id=runtime_id)
+    _make_due(session_factory, rows[0].id, attempts=7)  # its 8th and last attempt is next
+    claim = _claim(session_factory, failing, runtime_id)
+    assert claim is not None and claim.delivery_id == rows[0].id
+    _record(session_factory, claim, 410)  # the endpoint answers 410 on it: disabled, parked
+    parked = deliveries(engine, id=rows[0].id)[0]
+    assert (parked.status, parked.next_attempt_at) == ("retrying", None)
+
+    with session_factory.begin() as session:  # the consumer fixes its endpoint and enables it
+        webhook_endpoints.enable_endpoint(session, tenant_id=driver.tenant_id, endpoint_id=failing)
+    resumed = _claim(session_factory, failing, runtime_id)
+    assert resumed is not None and resumed.delivery_id == rows[0].id
+    _record(session_factory, resumed, 503)  # one hiccup right after enabling
+    after = deliveries(engine, id=rows[0].id)[0]
+    # A fresh schedule, as a replay gets: retried, not dead-lettered with the stream moving on.
+    assert (after.status, after.attempts) == ("retrying", 1)
+
+
+def test_an_in_flight_delivery_of_another_stream_is_parked_not_dead_lettered_or_disabled_twice(
+    driver: Driver, session_factory: sessionmaker[Session], engine: Engine
+) -> None:
+    failing, _ = add_endpoint(session_factory, driver.tenant_id, URL)
+    watcher, _ = add_endpoint(session_factory, driver.tenant_id, URL, ["endpoint.disabled"])
+    workflow_id = driver.workflow(leave_request_definition())
+    first = driver.submit(workflow_id, {"amount": 10}, document_id="D1")
+    second = driver.submit(workflow_id, {"amount": 10}, document_id="D2")
+    head2 = deliveries(engine, endpoint_id=failing, runtime_id=second)[0]
+    _make_due(session_factory, head2.id, attempts=7)
+    a = _claim(session_factory, failing, first)
+    b = _claim(session_factory, failing, second)  # both in flight (two workers)
+    assert a is not None and b is not None
+    _record(session_factory, a, 410)  # disables the endpoint
+    _record(session_factory, b, 410)  # the same endpoint, gone for this stream too
+    notices = deliveries(engine, endpoint_id=watcher)
+    assert len(notices) == 1, [json.loads(n.body)["data"] for n in notices]
+
+
+def test_an_in_flight_delivery_failing_after_the_disable_is_parked_not_dead_lettered(
+    driver: Driver, session_factory: sessionmaker[Session], engine: Engine
+) -> None:
+    failing, _ = add_endpoint(session_factory, driver.tenant_id, URL)
+    workflow_id = driver.workflow(leave_request_definition())
+    first = driver.submit(workflow_id, {"amount": 10}, document_id="D1")
+    second = driver.submit(workflow_id, {"amount": 10}, document_id="D2")
+    head2 = deliveries(engine, endpoint_id=failing, runtime_id=second)[0]
+    _make_due(session_factory, head2.id, attempts=7)
+    a = _claim(session_factory, failing, first)
+    b = _claim(session_factory, failing, second)  # both in flight (two workers)
+    assert a is not None and b is not None
+    _record(session_factory, a, 410)  # disables the endpoint, parks everything unsent
+    _record(session_factory, b, 503)  # the other worker's attempt, its last, fails meanwhile
+    row = deliveries(engine, id=head2.id)[0]
+    # Parked with the rest (the endpoint is disabled), so enabling sends it first.
+    assert (row.status, row.next_attempt_at) == ("retrying", None)
