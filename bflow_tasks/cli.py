@@ -55,7 +55,12 @@ class BflowGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         # Known before anything can fail, a usage error in the subcommand included.
         ctx.meta["bflow.json"] = "--json" in args[: args.index("--") if "--" in args else None]
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:  # before `invoke`: an unknown option of `bflow` itself
+            if ctx.meta["bflow.json"]:
+                _emit_error("usage_error", exc.format_message())
+            raise
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -149,8 +149,9 @@ def test_a_refused_json_command_prints_one_error_object(tmp_path, tenant_id):
         ("tenant", "create", "--json"),
         ("archive", "--json", "--bogus"),
         ("workflow", "import", "x.json", "--json"),
+        ("--bogus", "tenant", "create", "x", "--json"),
     ],
-    ids=["missing-argument", "unknown-option", "missing-option"],
+    ids=["missing-argument", "unknown-option", "missing-option", "unknown-option-of-bflow"],
 )
 def test_a_usage_error_with_json_prints_one_error_object(tmp_path, command):
     result = run(tmp_path, *command)
