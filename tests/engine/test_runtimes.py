@@ -457,18 +457,10 @@ def test_a_resubmit_applied_after_a_cancel_is_refused_in_the_audit_log(d, sessio
     runtime = d.runtime(rid)
     assert (runtime.status, runtime.round, runtime.data) == ("cancelled", 1, {"amount": 5})
     reason = "runtime is cancelled, not returned"
-    with session_factory() as s:
-        command = s.get_one(RuntimeCommand, resubmit_id)
-        assert (command.status, command.error) == ("refused", reason)
-        lines = s.execute(
-            select(RuntimeLog.action, RuntimeLog.actor, RuntimeLog.message)
-            .where(RuntimeLog.runtime_id == rid)
-            .order_by(RuntimeLog.sequence)
-        ).all()
-    assert [tuple(line) for line in lines[-2:]] == [
-        ("runtime.cancelled", "alice", None),
-        ("action.refused", "alice", reason),
-    ]
+    assert refusal(session_factory, rid, resubmit_id) == (
+        ("refused", reason),
+        [("runtime.cancelled", "alice", None), ("action.refused", "alice", reason)],
+    )
 
 
 def test_a_cancel_applied_after_the_last_approval_is_refused_in_the_audit_log(d, session_factory):
@@ -480,18 +472,25 @@ def test_a_cancel_applied_after_the_last_approval_is_refused_in_the_audit_log(d,
     d.apply(cancel_id, "cancel")  # a redelivered message adds nothing
     assert d.runtime(rid).status == "completed"
     reason = "runtime is completed already"
+    assert refusal(session_factory, rid, cancel_id) == (
+        ("refused", reason),
+        [("runtime.completed", None, None), ("action.refused", "alice", reason)],
+    )
+
+
+Refusal = tuple[tuple[Any, ...], list[tuple[Any, ...]]]
+
+
+def refusal(session_factory, runtime_id: str, command_id: str) -> Refusal:
+    """A command's (status, error), and the runtime's last two audit lines (action, actor, message)."""
     with session_factory() as s:
-        command = s.get_one(RuntimeCommand, cancel_id)
-        assert (command.status, command.error) == ("refused", reason)
+        command = s.get_one(RuntimeCommand, command_id)
         lines = s.execute(
             select(RuntimeLog.action, RuntimeLog.actor, RuntimeLog.message)
-            .where(RuntimeLog.runtime_id == rid)
+            .where(RuntimeLog.runtime_id == runtime_id)
             .order_by(RuntimeLog.sequence)
         ).all()
-    assert [tuple(line) for line in lines[-2:]] == [
-        ("runtime.completed", None, None),
-        ("action.refused", "alice", reason),
-    ]
+    return (command.status, command.error), [tuple(line) for line in lines[-2:]]
 
 
 def test_delegate_hands_the_task_over(d):

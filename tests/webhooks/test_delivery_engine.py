@@ -198,8 +198,9 @@ def test_a_delivery_parked_on_its_last_attempt_gets_a_fresh_schedule_when_enable
     assert (after.status, after.attempts) == ("retrying", 1)
 
 
-def test_an_in_flight_delivery_of_another_stream_is_parked_not_dead_lettered_or_disabled_twice(
-    driver: Driver, session_factory: sessionmaker[Session], engine: Engine
+@pytest.mark.parametrize("its_outcome", [410, 503])
+def test_an_in_flight_delivery_failing_after_the_disable_is_parked_and_disables_nothing_again(
+    driver: Driver, session_factory: sessionmaker[Session], engine: Engine, its_outcome: int
 ) -> None:
     failing, _ = add_endpoint(session_factory, driver.tenant_id, URL)
     watcher, _ = add_endpoint(session_factory, driver.tenant_id, URL, ["endpoint.disabled"])
@@ -211,26 +212,9 @@ def test_an_in_flight_delivery_of_another_stream_is_parked_not_dead_lettered_or_
     a = _claim(session_factory, failing, first)
     b = _claim(session_factory, failing, second)  # both in flight (two workers)
     assert a is not None and b is not None
-    _record(session_factory, a, 410)  # disables the endpoint
-    _record(session_factory, b, 410)  # the same endpoint, gone for this stream too
-    notices = deliveries(engine, endpoint_id=watcher)
-    assert len(notices) == 1, [json.loads(n.body)["data"] for n in notices]
-
-
-def test_an_in_flight_delivery_failing_after_the_disable_is_parked_not_dead_lettered(
-    driver: Driver, session_factory: sessionmaker[Session], engine: Engine
-) -> None:
-    failing, _ = add_endpoint(session_factory, driver.tenant_id, URL)
-    workflow_id = driver.workflow(leave_request_definition())
-    first = driver.submit(workflow_id, {"amount": 10}, document_id="D1")
-    second = driver.submit(workflow_id, {"amount": 10}, document_id="D2")
-    head2 = deliveries(engine, endpoint_id=failing, runtime_id=second)[0]
-    _make_due(session_factory, head2.id, attempts=7)
-    a = _claim(session_factory, failing, first)
-    b = _claim(session_factory, failing, second)  # both in flight (two workers)
-    assert a is not None and b is not None
     _record(session_factory, a, 410)  # disables the endpoint, parks everything unsent
-    _record(session_factory, b, 503)  # the other worker's attempt, its last, fails meanwhile
+    _record(session_factory, b, its_outcome)  # the other worker's attempt, its last, fails meanwhile
     row = deliveries(engine, id=head2.id)[0]
     # Parked with the rest (the endpoint is disabled), so enabling sends it first.
     assert (row.status, row.next_attempt_at) == ("retrying", None)
+    assert len(deliveries(engine, endpoint_id=watcher)) == 1  # one endpoint.disabled notice
