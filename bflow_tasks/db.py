@@ -112,7 +112,7 @@ def session_scope() -> Iterator[Session]:
 # killed (MariaDB: an operator or a restart), and the client library's cannot-connect, unknown
 # host, server gone, connection lost and out-of-sync errors.
 MYSQL_UNAVAILABLE_CODES = frozenset(
-    {1040, 1053, 1205, 1213, 1290, 1836, 1927, 2002, 2003, 2005, 2006, 2013, 2055}
+    {1040, 1053, 1205, 1213, 1290, 1317, 1836, 1927, 1969, 2002, 2003, 2005, 2006, 2013, 2055}
 )
 # SQLite's equivalents: another writer past the busy timeout, a file that cannot be opened, a failing disk.
 SQLITE_UNAVAILABLE_MESSAGES = (

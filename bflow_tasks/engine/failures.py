@@ -13,10 +13,15 @@ for ever.
 
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
+
 from sqlalchemy.orm import Session
 
-from bflow_tasks.engine import journal, runtimes, stages
+from bflow_tasks.engine import clock, journal, runtimes, stages
 from bflow_tasks.models import Runtime
+
+log = logging.getLogger(__name__)
 
 # Enough tries to outlast a failure that is in fact passing (a worker on a broken release
 # being replaced, a row another transaction had not committed yet): with the sweep's
@@ -46,15 +51,22 @@ def command_failed(session: Session, *, command_id: str, error: str) -> int:
     return command.failures
 
 
-def opening_failed(session: Session, *, stage_id: str, error: str) -> int:
+def opening_failed(session: Session, *, stage_id: str, error: str, once_per: timedelta) -> int:
     """Count a failed attempt to create a stage's tasks; the last one ends its runtime in `error`.
 
-    Return the count so far, or 0 when the stage is no longer being opened.
+    One try sends a task per approver, and each may fail: they count once. The sweep sends
+    the next try `once_per` (its grace) after the last at the soonest, so failures closer to
+    the last counted one belong to the same try. Return the count so far, or 0 when the
+    stage is no longer being opened.
     """
     stage, runtime = runtimes.lock_stage(session, stage_id)
     if stage is None or runtime is None or stage.status != "open" or stage.started_at is not None:
         return 0
+    now = clock.now()
+    if stage.opening_failed_at is not None and now - stage.opening_failed_at < once_per:
+        return stage.opening_failures  # another approver's task of the try already counted
     stage.opening_failures += 1
+    stage.opening_failed_at = now
     if stage.opening_failures >= MAX_FAILURES and runtime.status not in stages.FINAL_STATUSES:
         # `runtime.stages`, loaded on first use, holds this same stage: the end cancels it.
         reason = f"opening the stage '{stage.node_key}' failed {stage.opening_failures} times: "
@@ -63,10 +75,31 @@ def opening_failed(session: Session, *, stage_id: str, error: str) -> int:
 
 
 def _end_in_error(session: Session, runtime: Runtime, *, reason: str) -> None:
+    try:
+        with session.begin_nested():
+            _end_with_history(session, runtime, reason=reason)
+    except Exception:
+        # The bug is in the end's own path (the audit log, the events): end the runtime without
+        # them rather than leave it running, and the sweep re-sending its command, for ever.
+        log.exception("runtime %s could not end in error with its history; ending it without", runtime.id)
+        _end_bare(runtime, reason=reason)
+
+
+def _end_with_history(session: Session, runtime: Runtime, *, reason: str) -> None:
     # A runtime whose start never applied has neither its first audit line nor its first
     # event (see runtimes._claim and runtimes.cancel): its history still begins with them.
+    submitter = runtime.submitted_by
     if runtime.log_sequence == 0:
-        journal.log(session, runtime, "runtime.submitted", actor=runtime.submitted_by, at=runtime.created_at)
+        journal.log(session, runtime, "runtime.submitted", actor=submitter, at=runtime.created_at)
     if runtime.status == "pending":
-        journal.emit(session, runtime, "runtime.created", actor=runtime.submitted_by, status="pending")
+        journal.emit(session, runtime, "runtime.created", actor=submitter, status="pending")
     stages.finish(session, runtime, "error", reason=reason)
+
+
+def _end_bare(runtime: Runtime, *, reason: str) -> None:
+    now = clock.now()
+    open_stages = [stage for stage in runtime.stages if stage.status == "open"]
+    for stage in open_stages:
+        stage.status, stage.completed_at = "cancelled", now
+    stages.cancel_open_tasks(open_stages)
+    runtime.status, runtime.error, runtime.ended_at, runtime.in_flight = "error", reason, now, None

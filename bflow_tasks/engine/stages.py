@@ -200,7 +200,7 @@ def _cancel(session: Session, runtime: Runtime, stage: RuntimeStage, *, message:
     if stage.started_at is None:
         _start(session, runtime, stage)  # its opening was under way: it did start, in order
     stage.status, stage.completed_at = "cancelled", clock.now()
-    _cancel_pending([stage])
+    cancel_open_tasks([stage])
     journal.log(session, runtime, "stage.cancelled", stage=stage, message=message)
     journal.emit(session, runtime, "stage.completed", stage=stage, status="cancelled")
 
@@ -415,7 +415,7 @@ def complete_stage(session: Session, runtime: Runtime, stage: RuntimeStage, *, o
     """Close a stage with its outcome and cancel the tasks it no longer needs."""
     now = clock.now()
     stage.status, stage.outcome, stage.completed_at = "completed", outcome, now
-    _cancel_pending([stage])
+    cancel_open_tasks([stage])
     journal.log(session, runtime, "stage.completed", stage=stage, details={"outcome": outcome})
     journal.emit(session, runtime, "stage.completed", stage=stage, status=outcome)
 
@@ -447,7 +447,8 @@ def _cancel_open(session: Session, runtime: Runtime, *, why: str) -> None:
         _cancel(session, runtime, stage, message=why)
 
 
-def _cancel_pending(stages: list[RuntimeStage]) -> None:
+def cancel_open_tasks(stages: list[RuntimeStage]) -> None:
+    """Cancel the tasks still open on these stages."""
     for stage in stages:
         for task in stage.assignees:
             if task.status in OPEN_TASK_STATUSES:

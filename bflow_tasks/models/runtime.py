@@ -95,8 +95,10 @@ class RuntimeStage(Base):
     completed_at: Mapped[datetime | None]
     # When the sweep may re-send this stage's opening again (NULL: never re-sent yet).
     next_sweep_at: Mapped[datetime | None]
-    # Failed attempts to create its tasks that a retry would not fix (engine.failures).
+    # Failed attempts to create its tasks that a retry would not fix (engine.failures), and
+    # when the last was counted: every approver's task of one try fails, and counts once.
     opening_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    opening_failed_at: Mapped[datetime | None]
 
     assignees: Mapped[list[RuntimeAssignee]] = relationship(
         order_by="(RuntimeAssignee.created_at, RuntimeAssignee.id)", passive_deletes=True

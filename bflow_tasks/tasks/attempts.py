@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from bflow_tasks import db
 from bflow_tasks.engine import failures
+from bflow_tasks.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ def attempt(*, command_id: str | None = None, stage_id: str | None = None) -> It
             raise
         error = describe(exc)
         count = _count(command_id, stage_id, error)
-        raise StepFailed(f"{error} (failure {count} of {failures.MAX_FAILURES})") from exc
+        counted = f"failure {count} of {failures.MAX_FAILURES}" if count else "not counted"
+        raise StepFailed(f"{error} ({counted})") from exc
 
 
 def _count(command_id: str | None, stage_id: str | None, error: str) -> int:
@@ -81,7 +83,9 @@ def _count(command_id: str | None, stage_id: str | None, error: str) -> int:
             if command_id is not None:
                 return failures.command_failed(session, command_id=command_id, error=error)
             assert stage_id is not None
-            return failures.opening_failed(session, stage_id=stage_id, error=error)
+            return failures.opening_failed(
+                session, stage_id=stage_id, error=error, once_per=settings.sweep_grace
+            )
     except Exception:
         # The database failed us again: this try goes uncounted, the sweep makes another.
         log.exception("could not count a failure of command %s / stage %s", command_id, stage_id)

@@ -10,11 +10,13 @@ import pytest
 from sqlalchemy import select
 
 from bflow_tasks.engine import clock, failures, runtimes, stages, sweep
+from bflow_tasks.engine import webhooks as webhook_outbox
 from bflow_tasks.models import RuntimeCommand, RuntimeStage
 from tests.engine.driver import Driver
 from tests.engine.test_runtimes import events_and_log, single_stage, stage_events, started_but_unopened
 
 N = failures.MAX_FAILURES
+NO_WINDOW = timedelta(0)  # every failure is a try of its own
 
 
 @pytest.fixture
@@ -135,11 +137,17 @@ def test_a_stage_whose_tasks_cannot_be_created_ends_its_runtime_in_error(d, sess
         runtimes.assign(s, stage_id=stage_id, user="a")  # b's task is the one that fails
     for n in range(1, N):
         with session_factory.begin() as s:
-            assert failures.opening_failed(s, stage_id=stage_id, error="DataError: too long") == n
+            assert (
+                failures.opening_failed(s, stage_id=stage_id, error="DataError: too long", once_per=NO_WINDOW)
+                == n
+            )
     assert d.status(rid) == "in_progress"
     with session_factory.begin() as s:
         assert sweep.unstarted_stages(s, grace=timedelta(0)) == [stage_id]  # tried again later
-        assert failures.opening_failed(s, stage_id=stage_id, error="DataError: too long") == N
+        assert (
+            failures.opening_failed(s, stage_id=stage_id, error="DataError: too long", once_per=NO_WINDOW)
+            == N
+        )
     runtime = d.runtime(rid)
     assert runtime.status == "error"
     assert runtime.error == f"opening the stage 'review' failed {N} times: DataError: too long"
@@ -154,7 +162,54 @@ def test_a_stage_whose_tasks_cannot_be_created_ends_its_runtime_in_error(d, sess
         assert s.get_one(RuntimeStage, stage_id).status == "cancelled"
     with a_day_later(), session_factory.begin() as s:
         assert sweep.unstarted_stages(s, grace=timedelta(0)) == []
-        assert failures.opening_failed(s, stage_id=stage_id, error="late") == 0
+        assert failures.opening_failed(s, stage_id=stage_id, error="late", once_per=NO_WINDOW) == 0
+
+
+def test_one_try_of_an_opening_counts_once_however_many_approvers_fail(d, session_factory):
+    approvers = [f"u{i}" for i in range(N + 1)]
+    rid, stage_id = started_but_unopened(
+        d, session_factory, d.workflow(single_stage([{"users": approvers}])), "D"
+    )
+    grace = timedelta(seconds=30)
+    now = clock.now()
+    for seconds, counts in ((0, [1] * len(approvers)), (31, [2] * len(approvers))):
+        clock.set_clock(lambda seconds=seconds: now + timedelta(seconds=seconds))
+        try:
+            for expected in counts:  # every approver's task of this try fails
+                with session_factory.begin() as s:
+                    assert (
+                        failures.opening_failed(s, stage_id=stage_id, error="bug", once_per=grace) == expected
+                    )
+        finally:
+            clock.set_clock(None)
+    assert d.status(rid) == "in_progress"  # two tries, not N + 1 failures
+
+
+def test_a_bug_in_the_end_itself_still_ends_the_runtime_in_error(d, monkeypatch):
+    rid = d.submit(d.workflow(single_stage([{"users": ["a"]}])), {})
+    action = d.request(rid, "a", "approve")
+
+    def broken_fan_out(*_args: object, **_kwargs: object) -> None:
+        raise KeyError("endpoint filter")  # every event fails, runtime.error's too
+
+    monkeypatch.setattr(webhook_outbox, "fan_out", broken_fan_out)
+    for n in range(1, N + 1):
+        try:
+            d.apply(action, "action")
+        except KeyError as exc:
+            with d.sf.begin() as s:
+                assert failures.command_failed(s, command_id=action, error=f"KeyError: {exc}") == n
+    assert command(d, action).status == "failed"
+    runtime = d.runtime(rid)
+    assert (runtime.status, runtime.in_flight) == ("error", None)
+    assert runtime.error == f"the action command failed {N} times: KeyError: 'endpoint filter'"
+    with d.sf() as s:
+        stage = s.scalars(
+            select(RuntimeStage).where(RuntimeStage.runtime_id == rid, RuntimeStage.node_key == "review")
+        ).one()
+        assert [task.status for task in stage.assignees] == ["cancelled"]
+    assert stage.status == "cancelled"
+    assert swept_commands(d) == []
 
 
 def test_a_failure_of_a_stage_already_started_is_not_counted(d, session_factory):
@@ -163,5 +218,7 @@ def test_a_failure_of_a_stage_already_started_is_not_counted(d, session_factory)
         stage_id = s.scalars(
             select(RuntimeStage.id).where(RuntimeStage.runtime_id == rid, RuntimeStage.node_key == "review")
         ).one()
-        assert failures.opening_failed(s, stage_id=stage_id, error="late header task") == 0
+        assert (
+            failures.opening_failed(s, stage_id=stage_id, error="late header task", once_per=NO_WINDOW) == 0
+        )
     assert d.status(rid) == "in_progress"

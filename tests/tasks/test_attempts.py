@@ -17,6 +17,13 @@ FOR_NOW = [
     OperationalError("UPDATE runtime", {}, pymysql.err.OperationalError(1213, "Deadlock found")),
     OperationalError("UPDATE runtime", {}, pymysql.err.OperationalError(1205, "Lock wait timeout exceeded")),
     OperationalError("SELECT 1", {}, pymysql.err.OperationalError(2013, "Lost connection to server")),
+    # KILL QUERY (an operator, pt-kill) or max_statement_time ending a statement under load.
+    OperationalError("SELECT 1", {}, pymysql.err.OperationalError(1317, "Query execution was interrupted")),
+    OperationalError(
+        "SELECT 1",
+        {},
+        pymysql.err.OperationalError(1969, "Query execution was interrupted (max_statement_time exceeded)"),
+    ),
     OperationalError("UPDATE runtime", {}, sqlite3.OperationalError("database is locked")),
     kombu.exceptions.OperationalError("[Errno 111] Connection refused"),
     redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379"),
