@@ -82,7 +82,7 @@ def _end_in_error(session: Session, runtime: Runtime, *, reason: str) -> None:
         # The bug is in the end's own path (the audit log, the events): end the runtime without
         # them rather than leave it running, and the sweep re-sending its command, for ever.
         log.exception("runtime %s could not end in error with its history; ending it without", runtime.id)
-        _end_bare(runtime, reason=reason)
+        stages.end_without_history(runtime, "error", reason=reason)
 
 
 def _end_with_history(session: Session, runtime: Runtime, *, reason: str) -> None:
@@ -94,12 +94,3 @@ def _end_with_history(session: Session, runtime: Runtime, *, reason: str) -> Non
     if runtime.status == "pending":
         journal.emit(session, runtime, "runtime.created", actor=submitter, status="pending")
     stages.finish(session, runtime, "error", reason=reason)
-
-
-def _end_bare(runtime: Runtime, *, reason: str) -> None:
-    now = clock.now()
-    open_stages = [stage for stage in runtime.stages if stage.status == "open"]
-    for stage in open_stages:
-        stage.status, stage.completed_at = "cancelled", now
-    stages.cancel_open_tasks(open_stages)
-    runtime.status, runtime.error, runtime.ended_at, runtime.in_flight = "error", reason, now, None

@@ -199,8 +199,7 @@ def _cancel(session: Session, runtime: Runtime, stage: RuntimeStage, *, message:
     """Cancel an open stage and its open tasks; `stage.completed` (cancelled) lets consumers close them."""
     if stage.started_at is None:
         _start(session, runtime, stage)  # its opening was under way: it did start, in order
-    stage.status, stage.completed_at = "cancelled", clock.now()
-    cancel_open_tasks([stage])
+    _close_cancelled(stage)
     journal.log(session, runtime, "stage.cancelled", stage=stage, message=message)
     journal.emit(session, runtime, "stage.completed", stage=stage, status="cancelled")
 
@@ -415,7 +414,7 @@ def complete_stage(session: Session, runtime: Runtime, stage: RuntimeStage, *, o
     """Close a stage with its outcome and cancel the tasks it no longer needs."""
     now = clock.now()
     stage.status, stage.outcome, stage.completed_at = "completed", outcome, now
-    cancel_open_tasks([stage])
+    _cancel_pending([stage])
     journal.log(session, runtime, "stage.completed", stage=stage, details={"outcome": outcome})
     journal.emit(session, runtime, "stage.completed", stage=stage, status=outcome)
 
@@ -433,13 +432,32 @@ def finish(
 ) -> None:
     """End the runtime in a final status; whatever is still open is cancelled."""
     _cancel_open(session, runtime, why=f"the runtime ended: {status}")
+    _mark_ended(runtime, status, reason=reason)
+    journal.log(session, runtime, f"runtime.{status}", actor=actor, message=reason)
+    journal.emit(session, runtime, f"runtime.{status}", actor=actor, status=status)
+
+
+def end_without_history(runtime: Runtime, status: str, *, reason: str) -> None:
+    """End the runtime and cancel what is open, writing no audit line and no event.
+
+    Only for when writing those is what fails: a runtime must still end rather than run for ever.
+    """
+    for stage in [stage for stage in runtime.stages if stage.status == "open"]:
+        _close_cancelled(stage)
+    _mark_ended(runtime, status, reason=reason)
+
+
+def _mark_ended(runtime: Runtime, status: str, *, reason: str | None) -> None:
     runtime.status = status
     runtime.ended_at = clock.now()
     runtime.in_flight = None  # frees the document for a new submission
     if reason:
         runtime.error = reason
-    journal.log(session, runtime, f"runtime.{status}", actor=actor, message=reason)
-    journal.emit(session, runtime, f"runtime.{status}", actor=actor, status=status)
+
+
+def _close_cancelled(stage: RuntimeStage) -> None:
+    stage.status, stage.completed_at = "cancelled", clock.now()
+    _cancel_pending([stage])
 
 
 def _cancel_open(session: Session, runtime: Runtime, *, why: str) -> None:
@@ -447,8 +465,7 @@ def _cancel_open(session: Session, runtime: Runtime, *, why: str) -> None:
         _cancel(session, runtime, stage, message=why)
 
 
-def cancel_open_tasks(stages: list[RuntimeStage]) -> None:
-    """Cancel the tasks still open on these stages."""
+def _cancel_pending(stages: list[RuntimeStage]) -> None:
     for stage in stages:
         for task in stage.assignees:
             if task.status in OPEN_TASK_STATUSES:
