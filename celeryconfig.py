@@ -1,4 +1,4 @@
-"""Celery settings (DESIGN §4). Every value comes from `bflow_tasks.settings`."""
+"""Celery settings (see docs/architecture.md). Every value comes from `bflow_tasks.settings`."""
 
 from kombu import Queue
 

@@ -8,7 +8,7 @@ from fastapi import Depends, Header
 from starlette.concurrency import run_in_threadpool
 
 from api_shim.deps import SessionDep
-from api_shim.errors import ApiError
+from api_shim.error_responses import ApiError
 from bflow_tasks.engine import tenants
 from bflow_tasks.observability import context
 

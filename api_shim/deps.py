@@ -10,12 +10,12 @@ from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api_shim.errors import ApiError
+from api_shim.error_responses import ApiError
 from bflow_tasks import db
 
 
 async def get_session() -> AsyncIterator[Session]:
-    """Yield a session from the one sessionmaker; write handlers commit it themselves.
+    """Yield a session from the one sessionmaker; write handlers commit it with `handover`.
 
     Whatever was not committed is rolled back: on an error, and at the end of a read. Async,
     because a sync dependency costs two hops to a worker thread per request, and making a

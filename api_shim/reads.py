@@ -9,10 +9,10 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
 from api_shim import schemas
-from bflow_tasks.engine import archive as archive_engine
-from bflow_tasks.engine import stages
-from bflow_tasks.engine import workflows as workflow_engine
-from bflow_tasks.engine.errors import NotFound
+from bflow_tasks.engine.definitions import workflow_store
+from bflow_tasks.engine.domain_errors import NotFound
+from bflow_tasks.engine.runtimes import stage_lifecycle
+from bflow_tasks.engine.timers import archiving
 from bflow_tasks.models import (
     Base,
     Runtime,
@@ -45,7 +45,7 @@ def workflow_detail(
     session: Session, *, tenant_id: str, workflow_id: str, version: int | None = None
 ) -> schemas.WorkflowRead:
     """Return the tenant's workflow at `version` (default: the current one), or NotFound."""
-    workflow = workflow_engine.get_workflow(session, tenant_id=tenant_id, workflow_id=workflow_id)
+    workflow = workflow_store.get_workflow(session, tenant_id=tenant_id, workflow_id=workflow_id)
     number = workflow.current_version if version is None else version
     stored = session.scalars(
         select(WorkflowVersion).where(
@@ -121,7 +121,7 @@ def list_tasks(
     if assignee is not None:
         query = query.where(RuntimeAssignee.user == assignee)
     if status == "open":
-        query = query.where(RuntimeAssignee.status.in_(stages.OPEN_TASK_STATUSES))
+        query = query.where(RuntimeAssignee.status.in_(stage_lifecycle.OPEN_TASK_STATUSES))
     elif status is not None:
         query = query.where(RuntimeAssignee.status == status)
     if runtime_id is not None:
@@ -135,7 +135,7 @@ def list_tasks(
 
 def _archived_runtime_detail(session: Session, *, tenant_id: str, runtime_id: str) -> schemas.RuntimeRead:
     """Return an archived runtime as `runtime_detail` shows a live one, marked `archived`."""
-    found = archive_engine.read_archived(session, tenant_id=tenant_id, runtime_id=runtime_id)
+    found = archiving.read_archived(session, tenant_id=tenant_id, runtime_id=runtime_id)
     if found is None:
         raise NotFound(f"runtime {runtime_id} not found")
     assignees: dict[str, list[schemas.AssigneeRead]] = defaultdict(list)

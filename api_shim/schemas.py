@@ -1,4 +1,4 @@
-"""The HTTP contract (DESIGN §5, §7): request bodies (`XCreate`) and responses (`XRead`)."""
+"""The HTTP contract (docs/api.md): request bodies (`XCreate`) and responses (`XRead`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from bflow_tasks.engine import documents
-from bflow_tasks.engine import webhooks as webhook_outbox
+from bflow_tasks.engine.definitions import documents
+from bflow_tasks.engine.webhooks import outbox
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -68,7 +68,7 @@ class ErrorInfo(BaseModel):
 
 
 class ErrorRead(BaseModel):
-    """The body of every error answer (DESIGN §5), whatever its status."""
+    """The body of every error answer (docs/api.md), whatever its status."""
 
     error: ErrorInfo
 
@@ -286,9 +286,9 @@ class WorkflowMetricsRead(_Output):
 
 
 def _subscribable(value: str) -> str:
-    if value != webhook_outbox.ALL and value not in webhook_outbox.SUBSCRIBABLE:
+    if value != outbox.ALL and value not in outbox.SUBSCRIBABLE:
         raise ValueError(
-            f"unknown event type '{value}'; expected '*' or one of {', '.join(webhook_outbox.SUBSCRIBABLE)}"
+            f"unknown event type '{value}'; expected '*' or one of {', '.join(outbox.SUBSCRIBABLE)}"
         )
     return value
 
@@ -299,7 +299,7 @@ EventType = Annotated[str, AfterValidator(_subscribable)]
 class WebhookCreate(_Input):
     url: Annotated[str, Field(min_length=1, max_length=2048, description="http(s) URL that receives POSTs")]
     events: Annotated[list[EventType], Field(min_length=1, max_length=50)] = Field(
-        default_factory=lambda: [webhook_outbox.ALL], description="event types, or ['*'] for all"
+        default_factory=lambda: [outbox.ALL], description="event types, or ['*'] for all"
     )
 
 

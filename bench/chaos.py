@@ -1,4 +1,4 @@
-"""Fault tests (issue 7): restart the broker, restart the database, take a webhook receiver away.
+"""Fault tests: restart the broker, restart the database, take a webhook receiver away.
 
     python bench/chaos.py [redis-restart] [mariadb-restart] [receiver-down]
         [--rate 25] [--seconds 30] [--outage-seconds 5] [--receiver-down-seconds 120] [--keep]

@@ -14,7 +14,7 @@ maintenance worker) and each run, this script:
 1. Bflow: starts a fresh worker, warms it up with a few runtimes (not measured), then
    submits every runtime at once and approves every task as it appears. Approvals are
    driven in-process exactly as the shim does it: `admission.submit` / `admission.request_action`
-   in a session scope, commit, then `dispatch.publish_command` (no HTTP). The driver polls
+   in a session scope, commit, then `publishing.publish_command` (no HTTP). The driver polls
    MariaDB for pending tasks of stages whose opening chord finished (`started_at` set).
 2. Baseline: starts `celery -A bench.canvas_tasks worker` with the same command line and
    the same Celery settings (copied from `celeryconfig`), and drives the same canvas of
@@ -356,13 +356,16 @@ def drive_bflow(n: int, tag: str, tally: Tally, proc: Any, timeout: float) -> di
     from sqlalchemy import select
 
     from bflow_tasks import db
-    from bflow_tasks.engine import tenants, workflows
+    from bflow_tasks.engine import tenants
+    from bflow_tasks.engine.definitions import workflow_store
     from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeStage
     from tests.factories import leave_request_definition
 
     with db.session_scope() as session:
         tenant, _ = tenants.create_tenant(session, name=f"bench-{tag}")
-        workflow, _ = workflows.create_workflow(session, tenant_id=tenant.id, raw=leave_request_definition())
+        workflow, _ = workflow_store.create_workflow(
+            session, tenant_id=tenant.id, raw=leave_request_definition()
+        )
         tenant_id, workflow_id = tenant.id, workflow.id
     pending = (
         select(RuntimeAssignee.id, RuntimeAssignee.user)
@@ -426,8 +429,9 @@ def drive_bflow(n: int, tag: str, tally: Tally, proc: Any, timeout: float) -> di
 
 def submit(tenant_id: str, workflow_id: str, document_id: str, amount: int) -> None:
     """Admit a submission and publish its start, as POST /runtime/execute does."""
-    from bflow_tasks import db, dispatch
-    from bflow_tasks.engine import admission
+    from bflow_tasks import db
+    from bflow_tasks.engine.runtimes import admission
+    from bflow_tasks.worker import publishing
 
     with db.session_scope() as session:
         _, command = admission.submit(
@@ -440,19 +444,20 @@ def submit(tenant_id: str, workflow_id: str, document_id: str, amount: int) -> N
             submitted_by="bench",
         )
     assert command is not None
-    dispatch.publish_command(command)
+    publishing.publish_command(command)
 
 
 def approve(tenant_id: str, task_id: str, user: str) -> None:
     """Admit an approval and publish it, as POST /tasks/{id}/action does."""
-    from bflow_tasks import db, dispatch
-    from bflow_tasks.engine import admission
+    from bflow_tasks import db
+    from bflow_tasks.engine.runtimes import admission
+    from bflow_tasks.worker import publishing
 
     with db.session_scope() as session:
         command = admission.request_action(
             session, tenant_id=tenant_id, task_id=task_id, action="approve", actor=user
         )
-    dispatch.publish_command(command)
+    publishing.publish_command(command)
 
 
 def bflow_figures(tenant_id: str, t0: float) -> dict[str, Any]:
@@ -512,13 +517,16 @@ def idle_latency(samples: int, tag: str, timeout: float) -> dict[str, float]:
     from sqlalchemy import func, select
 
     from bflow_tasks import db
-    from bflow_tasks.engine import tenants, workflows
+    from bflow_tasks.engine import tenants
+    from bflow_tasks.engine.definitions import workflow_store
     from bflow_tasks.models import Runtime, RuntimeStage
     from tests.factories import leave_request_definition
 
     with db.session_scope() as session:
         tenant, _ = tenants.create_tenant(session, name=f"bench-{tag}")
-        workflow, _ = workflows.create_workflow(session, tenant_id=tenant.id, raw=leave_request_definition())
+        workflow, _ = workflow_store.create_workflow(
+            session, tenant_id=tenant.id, raw=leave_request_definition()
+        )
         tenant_id, workflow_id = tenant.id, workflow.id
     # Stages started (every approver has a task): the chord body, a no-op by then, may follow.
     opened = (
@@ -562,10 +570,10 @@ def drive_baseline(n: int, tag: str, tally: Tally, proc: Any, timeout: float) ->
     """Drive the same canvas of no-op tasks for `n` runtimes; return the figures."""
 
     from bench import canvas_tasks
-    from bflow_tasks.dispatch import PUBLISH_RETRY
+    from bflow_tasks.worker.publishing import PUBLISH_RETRY
 
     def publish(runtime_id: str, plan: list[list[str]], **extra: str) -> str:
-        """`command | open_stages`, the chain `dispatch.command_signature` builds; return open's id."""
+        """`command | open_stages`, the chain `publishing.command_signature` builds; return open's id."""
         open_id = f"bench-open-{uuid.uuid4()}"
         chain = canvas_tasks.command.si(
             command_id=str(uuid.uuid4()), runtime_id=runtime_id, plan=plan, **extra

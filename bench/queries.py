@@ -39,7 +39,8 @@ def main() -> int:
 
     from api_shim.app import app
     from bflow_tasks import db, migrations
-    from bflow_tasks.engine import runtimes, tenants
+    from bflow_tasks.engine import tenants
+    from bflow_tasks.engine.runtimes import transitions
     from bflow_tasks.models import RuntimeCommand
     from tests.engine.driver import Driver
     from tests.factories import leave_request_definition
@@ -99,19 +100,19 @@ def main() -> int:
         assert response.status_code == 202, response.text
         runtime_id = response.json()["runtime_id"]
         counts["engine  start runtime"], stage_ids = measure(
-            in_transaction(runtimes.start, command_id=command_of(runtime_id, "start"))
+            in_transaction(transitions.start, command_id=command_of(runtime_id, "start"))
         )
         counts["engine  opening plan"], plan = measure(
-            in_transaction(runtimes.opening_plan, stage_ids=stage_ids)
+            in_transaction(transitions.opening_plan, stage_ids=stage_ids)
         )
         for index, (stage_id, user) in enumerate(plan):
-            taken, _ = measure(in_transaction(runtimes.assign, stage_id=stage_id, user=user))
+            taken, _ = measure(in_transaction(transitions.assign, stage_id=stage_id, user=user))
             if index == 0:
                 counts["engine  assign (chord header)"] = taken
             if index == len(plan) - 1:
                 counts["engine  assign, the stage's last (starts it)"] = taken
         counts["engine  stages opened (chord body, a no-op)"], _ = measure(
-            in_transaction(runtimes.mark_started, stage_ids=stage_ids)
+            in_transaction(transitions.mark_started, stage_ids=stage_ids)
         )
         for user in ("u1", "u2", "u3"):
             task_id = driver.task_of(runtime_id, user)
@@ -125,7 +126,7 @@ def main() -> int:
             assert response.status_code == 202, response.text
             counts["shim  POST /tasks/{id}/action"] = taken
             applied, _ = measure(
-                in_transaction(runtimes.apply_action, command_id=command_of(runtime_id, "action"))
+                in_transaction(transitions.apply_action, command_id=command_of(runtime_id, "action"))
             )
             label = "engine  approve, stage completes" if user == "u3" else "engine  approve, stage waits"
             counts[label] = applied

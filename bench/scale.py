@@ -21,10 +21,10 @@ start command and one viewer.
 Measured: (1) `sla.scan` with nothing due, median of 5; (2) `sla.scan` once `--due` u1 tasks
 are past due and `--due` others have a reminder due, each in its own runtime: seconds and
 tasks/s of one scan, which must count min(due, 500) overdue, escalated and reminded (later
-scans finish the rest); (3) `archive.run` with its default batch size: seconds, runtimes/s,
+scans finish the rest); (3) `archiving.run` with its default batch size: seconds, runtimes/s,
 rows/s (copied + deleted, from its totals) and RSS at each committed batch; then no row of
 the old runtimes may be live and the archive tables must hold exactly their rows. EXPLAIN
-shows how `sla.overdue_query`, `sla.reminder_query` and `archive.due_query` read.
+shows how `sla.overdue_query`, `sla.reminder_query` and `archiving.due_query` read.
 
 `--archive` defaults to 10,000 (20 batches, 0.72 M rows copied or deleted), enough to show
 the batch rate and the RSS settle. A million runtimes make tables many times a 128 MB buffer
@@ -71,7 +71,7 @@ FEW = {
 INDEXES = {
     "sla.overdue_query": "idx_runtime_assignee_status_due",
     "sla.reminder_query": "idx_runtime_assignee_status_reminder",
-    "archive.due_query": "idx_runtime_ended_at",
+    "archiving.due_query": "idx_runtime_ended_at",
 }
 Checks = list[tuple[str, bool]]
 Counts = dict[str, int]
@@ -91,7 +91,8 @@ def main() -> int:
     os.environ["BFLOW_DATABASE_URL"] = args.database_url
 
     from bflow_tasks import db, migrations
-    from bflow_tasks.engine import archive, clock, sla
+    from bflow_tasks.engine import clock
+    from bflow_tasks.engine.timers import archiving, sla
     from bflow_tasks.settings import settings
 
     keep = max(settings.archive_after_days, 2)  # the kept runtimes end between 1 and keep - 1 days ago
@@ -106,8 +107,8 @@ def main() -> int:
     print(f"  {old:,} to archive ({sum(per_runtime.values())} rows each), {waiting:,} in progress, ", end="")
     print(f"{n - old - waiting:,} completed within the retention period\n")
 
-    now, before = clock.now(), archive.cutoff(keep)
-    queries = [sla.overdue_query(now, 500), sla.reminder_query(now, 500), archive.due_query(before, 500)]
+    now, before = clock.now(), archiving.cutoff(keep)
+    queries = [sla.overdue_query(now, 500), sla.reminder_query(now, 500), archiving.due_query(before, 500)]
     with engine.connect() as conn:
         explained = {name: explain(conn, query) for name, query in zip(INDEXES, queries, strict=True)}
     for name, row in explained.items():
@@ -120,14 +121,14 @@ def main() -> int:
 
     rss: list[float] = []
 
-    def hook(stage: str, batch: archive.Batch) -> None:
+    def hook(stage: str, batch: archiving.Batch) -> None:
         if stage == "committed":
             rss.append(rss_mb())
             if batch.number % 10 == 0:
                 print(f"  archive batch {batch.number}, {time.perf_counter() - began:.0f} s", file=sys.stderr)
 
     began = time.perf_counter()
-    moved_s, moved = timed(lambda: archive.run(db.session_scope, before=before, hook=hook))
+    moved_s, moved = timed(lambda: archiving.run(db.session_scope, before=before, hook=hook))
     with engine.connect() as conn:
         checks += archive_checks(conn, moved, {t: c * old for t, c in per_runtime.items()}, templates["done"])
         live = conn.scalar(text("SELECT COUNT(*) FROM runtime"))
@@ -256,7 +257,8 @@ def clone(conn: Connection, name: str, template: str, shift: str, n: int, where:
 def busy_scan(engine: Engine, checks: Checks, template: str, *, first: int, due: int) -> tuple[float, int]:
     """Make u1's task due in 2 x `due` waiting clones from `first` on, then scan; return (seconds, batch)."""
     from bflow_tasks import db
-    from bflow_tasks.engine import clock, sla
+    from bflow_tasks.engine import clock
+    from bflow_tasks.engine.timers import sla
 
     now, made = clock.now(), 0
     marks = {"due_at": now - timedelta(hours=1), "next_reminder_at": now}
@@ -283,16 +285,17 @@ def busy_scan(engine: Engine, checks: Checks, template: str, *, first: int, due:
 
 
 def archive_checks(conn: Connection, moved: dict[str, Any], want: Counts, template: str) -> Checks:
+    from bflow_tasks.engine.timers import archiving
+
     """Check that the archive moved exactly the old clones' rows: none left live, none lost or doubled."""
-    from bflow_tasks.engine import archive
 
     old = want["runtime"]
-    checks = [(f"archive.run moved {old:,} runtimes", moved["runtimes"] == old)]
+    checks = [(f"archiving.run moved {old:,} runtimes", moved["runtimes"] == old)]
     for name in TABLES:
         left = conn.scalar(text(in_set(name, name, old)), {"t": template})
         ok = moved["deleted"][name] == want[name] and left == 0
         checks.append((f"{name}: {want[name]:,} deleted, none left live", ok))
-        if name in archive.COPIED:
+        if name in archiving.COPIED:
             twin = f"{name}_archive"
             held = conn.scalar(text(f"SELECT COUNT(*) FROM {twin}"))
             ours = conn.scalar(text(in_set(name, twin, old)), {"t": template})

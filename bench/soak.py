@@ -1,4 +1,4 @@
-"""Soak test (issue 7): steady submits and approvals at half the peak rate, memory sampled.
+"""Soak test: steady submits and approvals at half the peak rate, memory sampled.
 
     python bench/soak.py [--minutes 10] [--rate R] [--calibrate-seconds 40] [--drain-seconds 180] [--keep]
 

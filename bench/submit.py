@@ -84,14 +84,17 @@ def main() -> int:
 
     from bench.queries import _reset_mysql
     from bflow_tasks import db, migrations
-    from bflow_tasks.engine import tenants, workflows
+    from bflow_tasks.engine import tenants
+    from bflow_tasks.engine.definitions import workflow_store
     from tests.factories import leave_request_definition
 
     _reset_mysql(DATABASE_URL)
     migrations.upgrade(DATABASE_URL)
     with db.session_scope() as session:
         tenant, token = tenants.create_tenant(session, name="bench")
-        workflow, _ = workflows.create_workflow(session, tenant_id=tenant.id, raw=leave_request_definition())
+        workflow, _ = workflow_store.create_workflow(
+            session, tenant_id=tenant.id, raw=leave_request_definition()
+        )
         workflow_id = workflow.id
 
     raw_rates = [raw_publish_rate(args.baseline_messages) for _ in range(args.runs)]
@@ -140,8 +143,8 @@ def main() -> int:
 
 def raw_publish_rate(messages: int) -> float:
     """Publish the submit chain `messages` times, sequentially; return messages per second."""
-    from bflow_tasks.dispatch import PUBLISH_RETRY, command_signature
     from bflow_tasks.models import RuntimeCommand
+    from bflow_tasks.worker.publishing import PUBLISH_RETRY, command_signature
 
     command = RuntimeCommand(id="0" * 36, runtime_id="1" * 36, kind="start", payload={})
     signature = command_signature(command)

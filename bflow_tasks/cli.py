@@ -1,4 +1,4 @@
-"""The `bflow` command line (DESIGN §7). Every command that prints a result takes --json."""
+"""The `bflow` command line (docs/operations.md). Every command that prints a result takes --json."""
 
 from __future__ import annotations
 
@@ -176,8 +176,8 @@ def workflow() -> None:
 def workflow_import(file: Any, tenant_id: str, as_json: bool) -> None:
     """Validate a definition (JSON file) and store it as a new workflow."""
     from bflow_tasks.db import session_scope
-    from bflow_tasks.engine import workflows
-    from bflow_tasks.engine.definitions import DefinitionError
+    from bflow_tasks.engine.definitions import workflow_store
+    from bflow_tasks.engine.definitions.language import DefinitionError
     from bflow_tasks.models import Tenant
 
     try:
@@ -189,7 +189,7 @@ def workflow_import(file: Any, tenant_id: str, as_json: bool) -> None:
         with session_scope() as session:
             if session.get(Tenant, tenant_id) is None:
                 raise CliError(f"unknown tenant {tenant_id}", code="not_found")
-            created, version = workflows.create_workflow(session, tenant_id=tenant_id, raw=raw)
+            created, version = workflow_store.create_workflow(session, tenant_id=tenant_id, raw=raw)
             result = {"id": created.id, "name": created.name, "version": version.version}
     except DefinitionError as exc:
         problems = [{"path": p.path, "message": p.message} for p in exc.problems]
@@ -211,15 +211,17 @@ def workflow_show(workflow_id: str, mermaid: bool, as_json: bool) -> None:
     from sqlalchemy import select
 
     from bflow_tasks.db import session_scope
-    from bflow_tasks.engine import workflows
-    from bflow_tasks.engine.diagram import to_mermaid
+    from bflow_tasks.engine.definitions import workflow_store
+    from bflow_tasks.engine.definitions.diagram import to_mermaid
     from bflow_tasks.models import Workflow
 
     with session_scope() as session:
         found = session.scalars(select(Workflow).where(Workflow.id == workflow_id)).one_or_none()
         if found is None:
             raise CliError(f"workflow {workflow_id} not found", code="not_found")
-        definition = workflows.load_definition(session, workflows.current_version(session, found).id)
+        definition = workflow_store.load_definition(
+            session, workflow_store.current_version(session, found).id
+        )
     if as_json:
         payload = {"id": workflow_id, "definition": definition.model_dump(mode="json", exclude_none=True)}
         if mermaid:
@@ -243,7 +245,7 @@ def dev(host: str, port: int, loglevel: str) -> None:
     import uvicorn
 
     from bflow_tasks import migrations
-    from bflow_tasks.embedded import worker_and_beat
+    from bflow_tasks.worker.embedded import worker_and_beat
 
     migrations.upgrade(settings.database_url)
     with worker_and_beat(loglevel=loglevel.upper()):
@@ -268,11 +270,11 @@ def demo(as_json: bool) -> None:
 def archive_command(dry_run: bool, as_json: bool) -> None:
     """Move runtimes that ended over BFLOW_ARCHIVE_AFTER_DAYS ago into the archive tables."""
     from bflow_tasks.db import session_scope
-    from bflow_tasks.engine import archive
+    from bflow_tasks.engine.timers import archiving
 
-    before = archive.cutoff(settings.archive_after_days)
+    before = archiving.cutoff(settings.archive_after_days)
     with session_scope() as session:
-        due = archive.count_due(session, before=before)
+        due = archiving.count_due(session, before=before)
     rows = ", ".join(f"{name} {n}" for name, n in due.items() if name != "runtime")
     if dry_run:
         text = f"would archive {due['runtime']} runtime(s) ended before {before:%Y-%m-%d %H:%M} UTC ({rows})"
@@ -282,7 +284,7 @@ def archive_command(dry_run: bool, as_json: bool) -> None:
     with click.progressbar(
         length=due["runtime"], label="archiving", file=io.StringIO() if as_json else sys.stderr
     ) as bar:
-        moved = archive.run(
+        moved = archiving.run(
             session_scope,
             before=before,
             batch_size=settings.archive_batch_size,

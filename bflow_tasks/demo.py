@@ -24,10 +24,10 @@ import uvicorn
 from bflow_tasks import migrations
 from bflow_tasks.db import session_scope
 from bflow_tasks.demo_receiver import Receiver
-from bflow_tasks.embedded import worker_and_beat
 from bflow_tasks.engine import tenants
 from bflow_tasks.models import RuntimeEvent
 from bflow_tasks.settings import settings
+from bflow_tasks.worker.embedded import worker_and_beat
 
 MANAGERS = ["mai", "minh", "lan"]
 WAIT_SECONDS = 60

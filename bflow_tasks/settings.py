@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """Runtime configuration (DESIGN §2); the defaults are the embedded, server-less setup."""
+    """Runtime configuration (docs/operations.md); the defaults are the embedded, server-less setup."""
 
     model_config = SettingsConfigDict(env_prefix="BFLOW_", extra="ignore")
 
@@ -23,7 +23,7 @@ class Settings(BaseSettings):
 
     webhook_allow_private: bool = False
     webhook_retry_scale: float = Field(default=1.0, ge=0)
-    # DESIGN §6: 15 s for the whole attempt, of which connecting may take a short part.
+    # 15 s for the whole attempt, of which connecting may take a short part.
     webhook_timeout_seconds: float = Field(default=15.0, gt=0)
     webhook_connect_timeout_seconds: float = Field(default=3.0, gt=0)
     # A claimed delivery is someone's for this long; it must outlast an attempt's timeout.

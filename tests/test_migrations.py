@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from bflow_tasks import migrations
 from bflow_tasks.db import make_engine
-from bflow_tasks.engine import runtimes
+from bflow_tasks.engine.runtimes import transitions
 from bflow_tasks.models import Base, RuntimeCommand
 
 try:  # `tests` importable as a package (rootdir on sys.path) ...
@@ -297,7 +297,7 @@ def _cancel(url: str, runtime_id: str, command_id: str) -> None:
                 )
             )
         with Session(engine) as session, session.begin():
-            runtimes.cancel(session, command_id=command_id)
+            transitions.cancel(session, command_id=command_id)
     finally:
         engine.dispose()
 

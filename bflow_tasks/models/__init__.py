@@ -5,19 +5,10 @@ constraints are the last line of defence against a transition applied twice. One
 concept; everything is imported from here.
 """
 
-from bflow_tasks.models.archive import ARCHIVE_TWINS, ARCHIVED_TABLES
+from bflow_tasks.models.archive_tables import ARCHIVE_TWINS, ARCHIVED_TABLES
 from bflow_tasks.models.base import NAMING_CONVENTION, Base, Timestamped, UTCDateTime, new_id, utcnow
-from bflow_tasks.models.definitions import (
-    ApiToken,
-    Association,
-    Company,
-    Node,
-    Tenant,
-    Workflow,
-    WorkflowVersion,
-)
-from bflow_tasks.models.jobs import JobRun
-from bflow_tasks.models.runtime import (
+from bflow_tasks.models.job_tables import JobRun
+from bflow_tasks.models.runtime_tables import (
     Runtime,
     RuntimeAssignee,
     RuntimeCommand,
@@ -26,7 +17,16 @@ from bflow_tasks.models.runtime import (
     RuntimeStage,
     RuntimeViewer,
 )
-from bflow_tasks.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from bflow_tasks.models.webhook_tables import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from bflow_tasks.models.workflow_tables import (
+    ApiToken,
+    Association,
+    Company,
+    Node,
+    Tenant,
+    Workflow,
+    WorkflowVersion,
+)
 
 __all__ = [
     "ARCHIVED_TABLES",

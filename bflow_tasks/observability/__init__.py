@@ -4,6 +4,6 @@ Importing the package connects its Celery signal handlers and SQLAlchemy listene
 Celery app imports it, so every worker, Beat and the shim have them.
 """
 
-from bflow_tasks.observability import context, logs, metrics, propagation
+from bflow_tasks.observability import context, logs, prometheus_metrics, propagation
 
-__all__ = ["context", "logs", "metrics", "propagation"]
+__all__ = ["context", "logs", "prometheus_metrics", "propagation"]

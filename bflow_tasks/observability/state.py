@@ -22,9 +22,9 @@ from sqlalchemy import Connection, Engine, create_engine, func, select
 
 from bflow_tasks import db
 from bflow_tasks.engine import clock
-from bflow_tasks.engine.stages import OPEN_TASK_STATUSES
+from bflow_tasks.engine.runtimes.stage_lifecycle import OPEN_TASK_STATUSES
 from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeCommand, WebhookDelivery
-from bflow_tasks.observability.metrics import multiprocess_dir
+from bflow_tasks.observability.prometheus_metrics import multiprocess_dir
 from bflow_tasks.settings import settings
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_shim.app import create_app
-from bflow_tasks.celery_app import app as celery_app
+from bflow_tasks.worker import celery_app
 from tests.api import helpers
 
 
@@ -38,7 +38,7 @@ def broker_down(client: TestClient) -> Iterator[None]:
 
     It depends on `client` so that it is undone before the client's teardown purges queues.
     """
-    previous = celery_app.conf.broker_url
+    previous = celery_app.app.conf.broker_url
     helpers.switch_broker(helpers.UNREACHABLE_BROKER)
     yield
     helpers.switch_broker(previous)

@@ -10,8 +10,10 @@ from httpx import Response
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bflow_tasks.celery_app import app as celery_app
-from bflow_tasks.engine import admission, runtimes, tenants, workflows
+from bflow_tasks import after_commit
+from bflow_tasks.engine import tenants
+from bflow_tasks.engine.definitions import workflow_store
+from bflow_tasks.engine.runtimes import admission, transitions
 from bflow_tasks.models import (
     Runtime,
     RuntimeAssignee,
@@ -20,6 +22,7 @@ from bflow_tasks.models import (
     RuntimeLog,
     RuntimeViewer,
 )
+from bflow_tasks.worker import celery_app, publishing
 from tests.factories import leave_request_definition
 
 API = "/api/v1"
@@ -93,6 +96,12 @@ class OpenRuntime:
     tasks: dict[str, str]  # user -> task (assignee) id of the open stage
 
 
+def commit_as_the_worker(session: Session) -> None:
+    """Commit, then do what the transaction noted for after its commit, as the worker's unit of work does."""
+    session.commit()
+    publishing.send(after_commit.take(session))
+
+
 def open_runtime(
     session_factory: sessionmaker[Session],
     tenant: Tenant,
@@ -102,7 +111,7 @@ def open_runtime(
 ) -> OpenRuntime:
     """Drive the engine directly (as the worker would) up to the first approval stage's tasks."""
     with session_factory() as session:
-        workflow, _ = workflows.create_workflow(
+        workflow, _ = workflow_store.create_workflow(
             session, tenant_id=tenant.id, raw=definition or zoned_definition()
         )
         runtime, command = admission.submit(
@@ -115,14 +124,14 @@ def open_runtime(
             submitted_by="alice",
         )
         assert command is not None
-        session.commit()
-        stage_ids = runtimes.start(session, command_id=command.id)
-        session.commit()
-        for stage_id, user in runtimes.opening_plan(session, stage_ids=stage_ids):
-            runtimes.assign(session, stage_id=stage_id, user=user)
-            session.commit()
-        runtimes.mark_started(session, stage_ids=stage_ids)
-        session.commit()
+        commit_as_the_worker(session)
+        stage_ids = transitions.start(session, command_id=command.id)
+        commit_as_the_worker(session)
+        for stage_id, user in transitions.opening_plan(session, stage_ids=stage_ids):
+            transitions.assign(session, stage_id=stage_id, user=user)
+            commit_as_the_worker(session)
+        transitions.mark_started(session, stage_ids=stage_ids)
+        commit_as_the_worker(session)
         rows = session.scalars(select(RuntimeAssignee).where(RuntimeAssignee.runtime_id == runtime.id)).all()
         return OpenRuntime(
             runtime_id=runtime.id, workflow_id=workflow.id, tasks={row.user: row.id for row in rows}
@@ -139,10 +148,10 @@ def apply_pending_commands(session_factory: sessionmaker[Session], runtime_id: s
                 RuntimeCommand.kind == "action",
             )
         ).all()
-        session.commit()
+        commit_as_the_worker(session)
         for command_id in ids:
-            runtimes.apply_action(session, command_id=command_id)
-            session.commit()
+            transitions.apply_action(session, command_id=command_id)
+            commit_as_the_worker(session)
 
 
 def count(engine: Engine, model: type[Any], **where: Any) -> int:
@@ -163,13 +172,13 @@ def assert_no_runtime_rows(engine: Engine) -> None:
 
 def queued_messages(queue: str = "workflow") -> int:
     """How many messages wait in a broker queue (the in-memory broker: nothing consumes)."""
-    with celery_app.connection_for_write() as connection:
+    with celery_app.app.connection_for_write() as connection:
         return connection.default_channel.queue_declare(queue=queue, passive=True).message_count
 
 
 def purge_queues() -> None:
     """Drop every message the tests left in the in-memory broker's queues."""
-    with celery_app.connection_for_write() as connection:
+    with celery_app.app.connection_for_write() as connection:
         for queue in ("workflow", "webhooks", "maintenance"):
             connection.default_channel.queue_purge(queue)
 
@@ -180,6 +189,6 @@ def switch_broker(url: str) -> None:
     The pools are not closed: kombu keeps them in a process-wide registry keyed by broker
     URL, and the app picks the same (open) pool up again when it switches back.
     """
-    celery_app.conf.broker_url = url
-    celery_app._pool = None
-    celery_app.amqp._producer_pool = None
+    celery_app.app.conf.broker_url = url
+    celery_app.app._pool = None
+    celery_app.app.amqp._producer_pool = None

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api_shim import reads
 from api_shim.app import create_app
 from bflow_tasks import db
-from bflow_tasks.engine import documents
+from bflow_tasks.engine.definitions import documents
 from bflow_tasks.settings import settings
 from tests.api.helpers import (
     API,
@@ -256,12 +256,12 @@ def test_a_database_error_caused_by_the_data_is_500_not_503(
             conn.exec_driver_sql("CREATE TEMPORARY TABLE deep (j LONGTEXT CHECK (json_valid(j)))")
             conn.exec_driver_sql("INSERT INTO deep VALUES (%s)", (json.dumps(nested(40)),))
 
-    with TestClient(app) as client, caplog.at_level(logging.ERROR, logger="api_shim.errors"):
+    with TestClient(app) as client, caplog.at_level(logging.ERROR, logger="api_shim.error_responses"):
         response = client.get("/refused-by-the-database")
     assert response.status_code == 500, response.text
     assert response.json()["error"]["code"] == "internal_error"
     assert "Retry-After" not in response.headers
-    [record] = [r for r in caplog.records if r.name == "api_shim.errors"]
+    [record] = [r for r in caplog.records if r.name == "api_shim.error_responses"]
     assert record.exc_info is not None and "4025" in str(record.exc_info[1])  # logged whole
 
 

@@ -14,9 +14,9 @@ from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from bflow_tasks import db
-from bflow_tasks.celery_app import app as celery_app
 from bflow_tasks.models import Runtime, RuntimeCommand
 from bflow_tasks.settings import settings
+from bflow_tasks.worker import celery_app
 from tests.api.helpers import (
     API,
     UNREACHABLE_BROKER,
@@ -172,7 +172,7 @@ def test_broker_down_is_503_and_nothing_is_left_behind(
 def test_after_a_503_the_same_key_is_accepted_once_the_broker_is_back(
     client: TestClient, tenant: Tenant, workflow_id: str, api_engine: Engine
 ) -> None:
-    working = celery_app.conf.broker_url
+    working = celery_app.app.conf.broker_url
     switch_broker(UNREACHABLE_BROKER)
     try:
         assert execute(client, tenant, workflow_id, key="k-1").status_code == 503
@@ -295,7 +295,7 @@ def silent_broker() -> Iterator[str]:
 
 
 def test_the_publish_timeout_bounds_each_wait_on_the_broker() -> None:
-    assert celery_app.conf.broker_transport_options["socket_timeout"] == settings.publish_timeout_seconds
+    assert celery_app.app.conf.broker_transport_options["socket_timeout"] == settings.publish_timeout_seconds
 
 
 def test_a_broker_that_never_answers_is_503_within_the_publish_timeout(
@@ -307,9 +307,9 @@ def test_a_broker_that_never_answers_is_503_within_the_publish_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The configured 5 s, shortened for the test: three tries of 0.3 s each, with their pauses.
-    options = {**celery_app.conf.broker_transport_options, "socket_timeout": 0.3}
-    monkeypatch.setitem(celery_app.conf, "broker_transport_options", options)
-    working = celery_app.conf.broker_url
+    options = {**celery_app.app.conf.broker_transport_options, "socket_timeout": 0.3}
+    monkeypatch.setitem(celery_app.app.conf, "broker_transport_options", options)
+    working = celery_app.app.conf.broker_url
     switch_broker(silent_broker)
     try:
         started = time.monotonic()

@@ -16,16 +16,17 @@ from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bflow_tasks import db, migrations
-from bflow_tasks.engine import archive, clock, tenants
+from bflow_tasks.engine import clock, tenants
+from bflow_tasks.engine.timers import archiving
 from bflow_tasks.models import ARCHIVE_TWINS, Base, JobRun, utcnow
-from bflow_tasks.tasks import maintenance
+from bflow_tasks.worker import maintenance_tasks
 from tests.api.helpers import API
 from tests.beat.conftest import T0, FakeClock
 from tests.engine.driver import Driver
 from tests.factories import leave_request_definition
 
 BEFORE = T0 - timedelta(days=365)
-TABLES = (*archive.COPIED, *archive.DROPPED)
+TABLES = (*archiving.COPIED, *archiving.DROPPED)
 
 
 def seed(d: Driver, fake_clock: FakeClock, *, old: int = 5, now: datetime = T0) -> dict[str, list[str]]:
@@ -65,7 +66,7 @@ def rows(engine: Engine, table: str, runtime_ids: list[str] | None = None) -> in
 def snapshot(engine: Engine) -> dict[str, tuple[int, int]]:
     """(live rows, archived rows) of every table the archive touches."""
     return {
-        name: (rows(engine, name), rows(engine, f"{name}_archive") if name in archive.COPIED else 0)
+        name: (rows(engine, name), rows(engine, f"{name}_archive") if name in archiving.COPIED else 0)
         for name in TABLES
     }
 
@@ -75,12 +76,12 @@ def assert_moved_exactly(
 ) -> None:
     """Every old runtime's rows are archived exactly once and gone from the live tables; nothing else."""
     after = snapshot(engine)
-    for name in archive.COPIED:
+    for name in archiving.COPIED:
         assert sum(after[name]) == sum(before[name]), name  # live + archive: nothing lost, nothing doubled
         assert rows(engine, name, made["old"]) == 0, name
         assert rows(engine, f"{name}_archive", made["old"]) == after[name][1] > 0, name
         assert rows(engine, name, made["recent"] + made["running"]) == before[name][0] - after[name][1]
-    for name in archive.DROPPED:
+    for name in archiving.DROPPED:
         assert rows(engine, name, made["old"]) == 0
         assert rows(engine, name, made["recent"] + made["running"]) == after[name][0] > 0
 
@@ -89,8 +90,8 @@ class Crash(Exception):
     pass
 
 
-def crash_at(phase: str, number: int) -> archive.Hook:
-    def hook(at: str, batch: archive.Batch) -> None:
+def crash_at(phase: str, number: int) -> archiving.Hook:
+    def hook(at: str, batch: archiving.Batch) -> None:
         if (at, batch.number) == (phase, number):
             raise Crash(f"{phase} {number}")
 
@@ -103,20 +104,20 @@ def test_a_crash_between_batches_loses_and_duplicates_nothing(
     made = seed(d, fake_clock)
     before = snapshot(engine)
     with session_factory() as s:
-        due = archive.count_due(s, before=BEFORE)
+        due = archiving.count_due(s, before=BEFORE)
     assert due["runtime"] == 5
     with pytest.raises(Crash):
-        archive.run(session_factory.begin, before=BEFORE, batch_size=2, hook=crash_at("committed", 2))
+        archiving.run(session_factory.begin, before=BEFORE, batch_size=2, hook=crash_at("committed", 2))
     assert rows(engine, "runtime_archive") == 4  # two batches of two were committed
     assert rows(engine, "runtime", made["old"]) == 1
 
-    resumed = archive.run(session_factory.begin, before=BEFORE, batch_size=2)
+    resumed = archiving.run(session_factory.begin, before=BEFORE, batch_size=2)
     assert (resumed["runtimes"], resumed["batches"]) == (1, 1)
     assert_moved_exactly(engine, before, made)
     assert {name: before[name][0] - n for name, n in due.items()} == {
         name: snapshot(engine)[name][0] for name in TABLES
     }
-    assert archive.run(session_factory.begin, before=BEFORE, batch_size=2)["runtimes"] == 0
+    assert archiving.run(session_factory.begin, before=BEFORE, batch_size=2)["runtimes"] == 0
 
 
 def test_a_crash_inside_a_batch_rolls_that_batch_back(
@@ -125,10 +126,10 @@ def test_a_crash_inside_a_batch_rolls_that_batch_back(
     made = seed(d, fake_clock)
     before = snapshot(engine)
     with pytest.raises(Crash):
-        archive.run(session_factory.begin, before=BEFORE, batch_size=2, hook=crash_at("copied", 2))
+        archiving.run(session_factory.begin, before=BEFORE, batch_size=2, hook=crash_at("copied", 2))
     assert rows(engine, "runtime_archive") == 2  # batch 2 was copied, then rolled back with its deletes
     assert rows(engine, "runtime", made["old"]) == 3
-    archive.run(session_factory.begin, before=BEFORE, batch_size=2)
+    archiving.run(session_factory.begin, before=BEFORE, batch_size=2)
     assert_moved_exactly(engine, before, made)
 
 
@@ -140,14 +141,14 @@ def test_rows_already_in_the_archive_are_not_copied_twice(
     first = made["old"][0]
     # An earlier copy of one runtime's rows (by hand, or by a tool that crashed before deleting).
     with engine.begin() as conn:
-        for name in archive.COPIED:
+        for name in archiving.COPIED:
             source, twin = Base.metadata.tables[name], ARCHIVE_TWINS[name]
             key = source.c.id if name == "runtime" else source.c.runtime_id
             columns = [c.name for c in twin.columns]
             conn.execute(
                 insert(twin).from_select(columns, select(*(source.c[c] for c in columns)).where(key == first))
             )
-    moved = archive.run(session_factory.begin, before=BEFORE)
+    moved = archiving.run(session_factory.begin, before=BEFORE)
     assert moved["runtimes"] == 2
     assert moved["copied"]["runtime"] == 1  # only the second runtime's row was new
     assert_moved_exactly(engine, before, made)
@@ -163,7 +164,7 @@ def test_archived_runtimes_are_still_readable_over_http(
     live = client.get(f"{API}/runtimes/{old_id}", headers=headers).json()
     assert live["archived"] is False
 
-    archive.run(session_factory.begin, before=BEFORE)
+    archiving.run(session_factory.begin, before=BEFORE)
     response = client.get(f"{API}/runtimes/{old_id}", headers=headers)
     assert response.status_code == 200
     archived = response.json()
@@ -183,10 +184,14 @@ def test_the_archive_task_runs_once_per_day_slot(
     d: Driver, api_engine: Engine, fake_clock: FakeClock, session_factory: sessionmaker[Session]
 ) -> None:
     made = seed(d, fake_clock, old=2)
-    first = maintenance.archive(scheduled_at="2030-01-07T03:00:00.120000+00:00")
+    first = maintenance_tasks.archive(scheduled_at="2030-01-07T03:00:00.120000+00:00")
     assert (first["runtimes"], first["slot"]) == (2, "2030-01-07T00:00:00.000000")
-    again = maintenance.archive(scheduled_at="2030-01-07T03:00:01.5+00:00")  # a second Beat's copy
-    assert again == {"job": "maintenance.archive", "slot": "2030-01-07T00:00:00.000000", "skipped": True}
+    again = maintenance_tasks.archive(scheduled_at="2030-01-07T03:00:01.5+00:00")  # a second Beat's copy
+    assert again == {
+        "job": "maintenance.archive",
+        "slot": "2030-01-07T00:00:00.000000",
+        "skipped": True,
+    }
     with session_factory() as s:
         run = s.scalars(select(JobRun).where(JobRun.job == "maintenance.archive")).one()
     assert run.finished_at == T0 and run.result is not None and run.result["runtimes"] == 2

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, Select, insert, inspect, select, text
 
-from bflow_tasks.engine import archive, sla, sweep
+from bflow_tasks.engine.runtimes import lost_work
+from bflow_tasks.engine.timers import archiving, sla
 from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeCommand, RuntimeStage
 from tests.beat.conftest import T0
 from tests.engine.driver import Driver
@@ -148,7 +149,7 @@ def test_the_reminder_selection_reads_idx_runtime_assignee_status_reminder(popul
 
 def test_the_archive_selection_reads_idx_runtime_ended_at(populated: Engine) -> None:
     with populated.connect() as conn:
-        row = explain(conn, archive.due_query(T0 - timedelta(days=365), 500), "runtime")
+        row = explain(conn, archiving.due_query(T0 - timedelta(days=365), 500), "runtime")
     assert_uses_an_index(row, "idx_runtime_ended_at")
     assert "filesort" not in (row["Extra"] or "")  # LIMIT stops after one batch of the range
 
@@ -156,8 +157,8 @@ def test_the_archive_selection_reads_idx_runtime_ended_at(populated: Engine) -> 
 @pytest.mark.parametrize(
     ("model", "unfinished", "index"),
     [
-        (RuntimeCommand, sweep.UNAPPLIED, "idx_runtime_command_status_sweep"),
-        (RuntimeStage, sweep.UNSTARTED, "idx_runtime_stage_status_sweep"),
+        (RuntimeCommand, lost_work.UNAPPLIED, "idx_runtime_command_status_sweep"),
+        (RuntimeStage, lost_work.UNSTARTED, "idx_runtime_stage_status_sweep"),
     ],
 )
 def test_the_sweeps_selections_read_their_index_in_order(
@@ -166,8 +167,8 @@ def test_the_sweeps_selections_read_their_index_in_order(
     grace = timedelta(seconds=30)
     with populated.connect() as conn:
         for query in (
-            sweep.first_send_query(model, unfinished, now=T0, grace=grace),
-            sweep.resend_query(model, unfinished, now=T0),
+            lost_work.first_send_query(model, unfinished, now=T0, grace=grace),
+            lost_work.resend_query(model, unfinished, now=T0),
         ):
             row = explain(conn, query, model.__tablename__)
             assert_uses_an_index(row, index)

@@ -13,8 +13,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
-from bflow_tasks.engine import admission, sla
-from bflow_tasks.engine.errors import Conflict
+from bflow_tasks.engine.domain_errors import Conflict
+from bflow_tasks.engine.runtimes import admission
+from bflow_tasks.engine.timers import sla
 from bflow_tasks.models import RuntimeAssignee, RuntimeEvent, RuntimeLog
 from tests.beat.conftest import T0, FakeClock
 from tests.engine.driver import Driver

@@ -49,7 +49,7 @@ QUEUES = ("workflow", "webhooks", "maintenance")
 # Redis databases reserved for the e2e suite (the other suites use lower numbers).
 REDIS_BROKER_DB = 10
 REDIS_RESULTS_DB = {"redis": 11, "rabbitmq": 12}
-# The sweep runs every second and re-enqueues what has waited 3 s (DESIGN §4 rule 3).
+# The sweep runs every second and re-enqueues what has waited 3 s (docs/reliability.md).
 # Webhook receivers in these tests listen on loopback, which production refuses.
 SERVED_ENV = {"BFLOW_SWEEP_SECONDS": "1", "BFLOW_SWEEP_GRACE": "3", "BFLOW_WEBHOOK_ALLOW_PRIVATE": "true"}
 KINDS = ("embedded", "redis", "rabbitmq")

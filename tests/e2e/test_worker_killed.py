@@ -6,7 +6,7 @@ over HTTP while a thread kills the whole `celery worker` process group every 2-3
 starts a new one at once.
 Messages a killed worker had taken stay unacknowledged in Redis until the visibility
 timeout, so progress after the kills relies on the Beat sweep: it re-enqueues commands
-still `requested` and stages whose opening chord never finished (DESIGN §4 rule 3). Run
+still `requested` and stages whose opening chord never finished (docs/reliability.md). Run
 twice: with the default timeout (an hour: the sweep alone recovers) and with 10 s (Redis
 also redelivers the killed workers' messages mid-test, as late duplicates). Every task is
 idempotent, so the copies must be harmless.

@@ -11,14 +11,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bflow_tasks.engine import admission, runtimes, tenants, workflows
+from bflow_tasks.engine import tenants
+from bflow_tasks.engine.definitions import workflow_store
+from bflow_tasks.engine.runtimes import admission, transitions
 from bflow_tasks.models import Runtime, RuntimeAssignee, RuntimeStage
 
 APPLY = {
-    "start": runtimes.start,
-    "action": runtimes.apply_action,
-    "resubmit": runtimes.resubmit,
-    "cancel": runtimes.cancel,
+    "start": transitions.start,
+    "action": transitions.apply_action,
+    "resubmit": transitions.resubmit,
+    "cancel": transitions.cancel,
 }
 
 
@@ -33,7 +35,7 @@ class Driver:
 
     def workflow(self, definition: dict[str, Any]) -> str:
         with self.sf.begin() as s:
-            workflow, _version = workflows.create_workflow(s, tenant_id=self.tenant_id, raw=definition)
+            workflow, _version = workflow_store.create_workflow(s, tenant_id=self.tenant_id, raw=definition)
             return workflow.id
 
     def submit(
@@ -86,12 +88,12 @@ class Driver:
         if not stage_ids:
             return
         with self.sf() as s:
-            plan = runtimes.opening_plan(s, stage_ids=stage_ids)
+            plan = transitions.opening_plan(s, stage_ids=stage_ids)
         for stage_id, user in plan:
             with self.sf.begin() as s:
-                runtimes.assign(s, stage_id=stage_id, user=user)
+                transitions.assign(s, stage_id=stage_id, user=user)
         with self.sf.begin() as s:
-            runtimes.mark_started(s, stage_ids=stage_ids)
+            transitions.mark_started(s, stage_ids=stage_ids)
 
     def task_of(self, runtime_id: str, user: str) -> str:
         with self.sf() as s:

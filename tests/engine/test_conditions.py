@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from bflow_tasks.engine import conditions
-from bflow_tasks.engine.conditions import ConditionError, check_condition, evaluate
+from bflow_tasks.engine.definitions import conditions
+from bflow_tasks.engine.definitions.conditions import ConditionError, check_condition, evaluate
 
 DOC: dict[str, Any] = {
     "amount": 1500,

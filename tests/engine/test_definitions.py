@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from bflow_tasks.engine.definitions import (
+from bflow_tasks.engine.definitions import problems
+from bflow_tasks.engine.definitions.language import (
     DefinitionError,
     DefinitionProblem,
     WorkflowDefinition,
     check_graph,
     parse_definition,
 )
-from bflow_tasks.engine.problems import DefinitionProblem as SharedProblem
 from tests.factories import leave_request_definition
 
 Raw = dict[str, Any]
@@ -46,7 +46,7 @@ def test_leave_request_definition_is_valid() -> None:
 
 
 def test_problem_type_is_shared() -> None:
-    assert DefinitionProblem is SharedProblem
+    assert DefinitionProblem is problems.DefinitionProblem
 
 
 def test_valid_definition_with_every_feature() -> None:

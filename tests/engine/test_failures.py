@@ -9,8 +9,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from bflow_tasks.engine import clock, failures, runtimes, stages, sweep
-from bflow_tasks.engine import webhooks as webhook_outbox
+from bflow_tasks.engine import clock
+from bflow_tasks.engine.runtimes import failures, lost_work, routing, stage_lifecycle, transitions
+from bflow_tasks.engine.webhooks import outbox
 from bflow_tasks.models import RuntimeCommand, RuntimeStage
 from tests.engine.driver import Driver
 from tests.engine.test_runtimes import events_and_log, single_stage, stage_events, started_but_unopened
@@ -60,13 +61,13 @@ def a_day_later() -> Iterator[None]:
 def swept_commands(d: Driver) -> list[str]:
     """What the sweep would re-send now (grace 0)."""
     with d.sf.begin() as s:
-        return [c.id for c in sweep.stale_commands(s, grace=timedelta(0))]
+        return [c.id for c in lost_work.stale_commands(s, grace=timedelta(0))]
 
 
 def test_an_action_that_keeps_failing_ends_its_runtime_in_error(d, monkeypatch):
     rid = d.submit(d.workflow(single_stage([{"users": ["a", "b"]}], "any")), {})
     action = d.request(rid, "a", "approve")
-    monkeypatch.setattr(stages, "route", broken_route)
+    monkeypatch.setattr(routing, "route", broken_route)
     counts = [attempt(d, action, "action") for _ in range(N - 1)]
     assert counts == list(range(1, N))
     assert command(d, action).status == "requested" and d.status(rid) == "in_progress"
@@ -94,7 +95,7 @@ def test_an_action_that_keeps_failing_ends_its_runtime_in_error(d, monkeypatch):
 
 def test_a_start_that_keeps_failing_still_begins_the_runtimes_history(d, monkeypatch):
     rid, start = d.admit(d.workflow(single_stage([{"users": ["a"]}])), {})
-    monkeypatch.setattr(stages, "route", broken_route)
+    monkeypatch.setattr(routing, "route", broken_route)
     assert start is not None
     assert [attempt(d, start, "start") for _ in range(N)] == list(range(1, N + 1))
     assert d.status(rid) == "error"
@@ -107,7 +108,7 @@ def test_a_command_that_fails_once_then_applies_normally(d, monkeypatch):
     rid = d.submit(d.workflow(single_stage([{"users": ["a"]}])), {})
     action = d.request(rid, "a", "approve")
     with monkeypatch.context() as patched:
-        patched.setattr(stages, "route", broken_route)
+        patched.setattr(routing, "route", broken_route)
         assert attempt(d, action, "action") == 1
     assert attempt(d, action, "action") is None
     assert (command(d, action).status, command(d, action).failures) == ("applied", 1)
@@ -118,8 +119,8 @@ def test_a_command_of_a_runtime_that_already_ended_is_only_marked_failed(d):
     rid = d.submit(d.workflow(single_stage([{"users": ["a"]}])), {})
     action = d.request(rid, "a", "approve")
     with d.sf.begin() as s:
-        runtime = runtimes.lock(s, rid)
-        stages.finish(s, runtime, "cancelled")  # ended by something else, the action still queued
+        runtime = transitions.lock(s, rid)
+        stage_lifecycle.finish(s, runtime, "cancelled")  # ended by something else, the action still queued
     for _ in range(N):
         with d.sf.begin() as s:
             failures.command_failed(s, command_id=action, error="KeyError: 'x'")
@@ -134,7 +135,7 @@ def test_a_stage_whose_tasks_cannot_be_created_ends_its_runtime_in_error(d, sess
     workflow_id = d.workflow(single_stage([{"users": ["a", "b"]}]))
     rid, stage_id = started_but_unopened(d, session_factory, workflow_id, "D-broken")
     with session_factory.begin() as s:
-        runtimes.assign(s, stage_id=stage_id, user="a")  # b's task is the one that fails
+        transitions.assign(s, stage_id=stage_id, user="a")  # b's task is the one that fails
     for n in range(1, N):
         with session_factory.begin() as s:
             assert (
@@ -143,7 +144,7 @@ def test_a_stage_whose_tasks_cannot_be_created_ends_its_runtime_in_error(d, sess
             )
     assert d.status(rid) == "in_progress"
     with session_factory.begin() as s:
-        assert sweep.unstarted_stages(s, grace=timedelta(0)) == [stage_id]  # tried again later
+        assert lost_work.unstarted_stages(s, grace=timedelta(0)) == [stage_id]  # tried again later
         assert (
             failures.opening_failed(s, stage_id=stage_id, error="DataError: too long", once_per=NO_WINDOW)
             == N
@@ -161,7 +162,7 @@ def test_a_stage_whose_tasks_cannot_be_created_ends_its_runtime_in_error(d, sess
     with session_factory() as s:
         assert s.get_one(RuntimeStage, stage_id).status == "cancelled"
     with a_day_later(), session_factory.begin() as s:
-        assert sweep.unstarted_stages(s, grace=timedelta(0)) == []
+        assert lost_work.unstarted_stages(s, grace=timedelta(0)) == []
         assert failures.opening_failed(s, stage_id=stage_id, error="late", once_per=NO_WINDOW) == 0
 
 
@@ -192,7 +193,7 @@ def test_a_bug_in_the_end_itself_still_ends_the_runtime_in_error(d, monkeypatch)
     def broken_fan_out(*_args: object, **_kwargs: object) -> None:
         raise KeyError("endpoint filter")  # every event fails, runtime.error's too
 
-    monkeypatch.setattr(webhook_outbox, "fan_out", broken_fan_out)
+    monkeypatch.setattr(outbox, "fan_out", broken_fan_out)
     for n in range(1, N + 1):
         try:
             d.apply(action, "action")

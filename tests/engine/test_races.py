@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from bflow_tasks.engine import runtimes
+from bflow_tasks.engine.runtimes import transitions
 from bflow_tasks.models import RuntimeCommand, RuntimeEvent, RuntimeStage
 from tests.engine.driver import Driver
 from tests.engine.test_runtimes import approve_node, definition
@@ -41,7 +41,7 @@ def run_together(session_factory, command_ids: list[str]) -> list[BaseException]
         try:
             barrier.wait(timeout=10)
             with session_factory.begin() as session:
-                runtimes.apply_action(session, command_id=command_id)
+                transitions.apply_action(session, command_id=command_id)
         except BaseException as exc:  # collected and asserted on below
             errors.append(exc)
 

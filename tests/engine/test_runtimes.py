@@ -8,8 +8,11 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, func, select, update
 
-from bflow_tasks.engine import admission, clock, runtimes, sla, sweep, workflows
-from bflow_tasks.engine.errors import Conflict, Forbidden, InvalidInput
+from bflow_tasks.engine import clock
+from bflow_tasks.engine.definitions import workflow_store
+from bflow_tasks.engine.domain_errors import Conflict, Forbidden, InvalidInput
+from bflow_tasks.engine.runtimes import admission, lost_work, transitions
+from bflow_tasks.engine.timers import sla
 from bflow_tasks.models import (
     Runtime,
     RuntimeAssignee,
@@ -333,11 +336,11 @@ def test_join_any_overtaking_a_stage_still_opening_starts_it_before_cancelling_i
         )
         rid, start_id = runtime.id, command.id
     with session_factory.begin() as s:
-        legal_id, it_id = runtimes.start(s, command_id=start_id)
-        runtimes.assign(s, stage_id=legal_id, user="l1")  # it's header task is still queued
+        legal_id, it_id = transitions.start(s, command_id=start_id)
+        transitions.assign(s, stage_id=legal_id, user="l1")  # it's header task is still queued
     d.act(rid, "l1")
     with session_factory.begin() as s:
-        assert runtimes.assign(s, stage_id=it_id, user="i1") is None  # late: nothing to add
+        assert transitions.assign(s, stage_id=it_id, user="i1") is None  # late: nothing to add
     events, _ = events_and_log(d, rid)
     assert stage_events(events, "it") == [("stage.started", "open"), ("stage.completed", "cancelled")]
 
@@ -539,9 +542,9 @@ def test_a_runtime_cancelled_before_it_started_still_announces_itself_first(d, s
     with session_factory.begin() as s:
         cancel_id = admission.request_cancel(s, tenant_id=d.tenant_id, runtime_id=rid, actor="alice").id
     with session_factory.begin() as s:  # the cancel's message overtook the start's
-        runtimes.cancel(s, command_id=cancel_id)
+        transitions.cancel(s, command_id=cancel_id)
     with session_factory.begin() as s:
-        assert runtimes.start(s, command_id=start_id) == []
+        assert transitions.start(s, command_id=start_id) == []
     with session_factory() as s:
         events = s.scalars(
             select(RuntimeEvent.type).where(RuntimeEvent.runtime_id == rid).order_by(RuntimeEvent.sequence)
@@ -624,7 +627,7 @@ def test_a_reject_on_a_to_do_admitted_before_the_rule_is_refused_when_applied(d,
 def test_another_tenant_cannot_see_the_task(d, session_factory):
     rid = d.submit(d.workflow(single_stage([{"users": ["a"]}])), {})
     other, task = Driver(session_factory), d.task_of(rid, "a")
-    with session_factory() as s, pytest.raises(runtimes.NotFound):
+    with session_factory() as s, pytest.raises(transitions.NotFound):
         admission.request_action(s, tenant_id=other.tenant_id, task_id=task, action="approve", actor="a")
 
 
@@ -712,7 +715,7 @@ def test_withdraw_removes_only_a_submission_nothing_has_touched(d, session_facto
 
     started, command_id = d.admit(wf, {}, document_id="D3")
     with session_factory.begin() as s:
-        runtimes.start(s, command_id=str(command_id))
+        transitions.start(s, command_id=str(command_id))
     withdraw(command_id)
     assert live(started) == ("in_progress", 1)
 
@@ -825,7 +828,7 @@ def test_a_new_version_does_not_change_a_running_runtime(d, session_factory):
     wf = d.workflow(single_stage([{"users": ["a"]}]))
     old = d.submit(wf, {}, document_id="old")
     with session_factory.begin() as s:
-        _, version = workflows.update_workflow(
+        _, version = workflow_store.update_workflow(
             s, tenant_id=d.tenant_id, workflow_id=wf, raw=single_stage([{"users": ["z"]}])
         )
         assert version.version == 2
@@ -844,10 +847,10 @@ def test_a_stage_is_not_started_while_a_task_is_missing(d, session_factory):
         s.get_one(RuntimeStage, stage_id).started_at = None
         s.execute(delete(RuntimeAssignee).where(RuntimeAssignee.user == "b"))  # a lost header task
     with session_factory.begin() as s:
-        runtimes.mark_started(s, stage_ids=[stage_id])  # the chord body runs anyway
+        transitions.mark_started(s, stage_ids=[stage_id])  # the chord body runs anyway
     with session_factory() as s:
         assert s.get_one(RuntimeStage, stage_id).started_at is None
-        assert runtimes.opening_plan(s, stage_ids=[stage_id]) == [(stage_id, "a"), (stage_id, "b")]
+        assert transitions.opening_plan(s, stage_ids=[stage_id]) == [(stage_id, "a"), (stage_id, "b")]
     d.open([stage_id])  # what the sweep does
     assert d.tasks(rid) == {"alice": "completed", "a": "pending", "b": "pending"}
 
@@ -866,7 +869,7 @@ def started_but_unopened(d, session_factory, workflow_id: str, document_id: str)
         )
         rid, start_id = runtime.id, command.id
     with session_factory.begin() as s:
-        (stage_id,) = runtimes.start(s, command_id=start_id)
+        (stage_id,) = transitions.start(s, command_id=start_id)
     return rid, stage_id
 
 
@@ -881,25 +884,25 @@ def test_the_last_header_task_starts_the_stage_and_a_late_chord_body_adds_nothin
             return s.get_one(RuntimeStage, stage_id).started_at, list(events)
 
     with session_factory.begin() as s:
-        runtimes.assign(s, stage_id=stage_id, user="a")
+        transitions.assign(s, stage_id=stage_id, user="a")
     assert started()[0] is None  # b has no task yet
     with session_factory.begin() as s:
-        runtimes.assign(s, stage_id=stage_id, user="b")
+        transitions.assign(s, stage_id=stage_id, user="b")
     started_at, events = started()
     assert started_at is not None
     assert events == ["runtime.created", "task.assigned", "task.assigned", "stage.started"]
     with session_factory.begin() as s:
-        runtimes.mark_started(s, stage_ids=[stage_id])  # the chord body, behind a backlog
+        transitions.mark_started(s, stage_ids=[stage_id])  # the chord body, behind a backlog
     assert started() == (started_at, events)
     with session_factory() as s:
-        assert runtimes.opening_plan(s, stage_ids=[stage_id]) == []  # the sweep has nothing to re-send
+        assert transitions.opening_plan(s, stage_ids=[stage_id]) == []  # the sweep has nothing to re-send
 
 
 def test_a_stage_completed_before_its_opening_finished_still_reports_its_start(d, session_factory):
     workflow_id = d.workflow(single_stage([{"users": ["a", "b"]}], "any"))
     rid, stage_id = started_but_unopened(d, session_factory, workflow_id, "early")
     with session_factory.begin() as s:
-        runtimes.assign(s, stage_id=stage_id, user="a")  # b's header task was lost with its worker
+        transitions.assign(s, stage_id=stage_id, user="a")  # b's header task was lost with its worker
     d.act(rid, "a")
     assert d.status(rid) == "completed"
     with session_factory() as s:
@@ -914,11 +917,11 @@ def test_an_action_on_a_stage_still_opening_finishes_the_opening_first(d, sessio
     workflow_id = d.workflow(single_stage([{"users": ["a", "b"]}], "all"))
     rid, stage_id = started_but_unopened(d, session_factory, workflow_id, "acted-early")
     with session_factory.begin() as s:
-        runtimes.assign(s, stage_id=stage_id, user="a")  # b's header task is still queued
+        transitions.assign(s, stage_id=stage_id, user="a")  # b's header task is still queued
     d.act(rid, "a")
     with session_factory.begin() as s:
-        runtimes.assign(s, stage_id=stage_id, user="b")  # it runs late: nothing to add
-        runtimes.mark_started(s, stage_ids=[stage_id])  # and so does the chord body
+        transitions.assign(s, stage_id=stage_id, user="b")  # it runs late: nothing to add
+        transitions.mark_started(s, stage_ids=[stage_id])  # and so does the chord body
     events, _ = events_and_log(d, rid)
     assert [(e.type, e.data.get("assignee")) for e in events] == [
         ("runtime.created", None),
@@ -946,8 +949,8 @@ def test_the_sweep_resends_lost_work_with_a_doubling_wait(d, session_factory):
             clock.set_clock(lambda offset=offset: start + timedelta(seconds=offset))
             with session_factory.begin() as s:
                 found = (
-                    len(sweep.stale_commands(s, grace=grace)),
-                    len(sweep.unstarted_stages(s, grace=grace)),
+                    len(lost_work.stale_commands(s, grace=grace)),
+                    len(lost_work.unstarted_stages(s, grace=grace)),
                 )
             assert found == (expected, expected), offset
     finally:
@@ -955,7 +958,7 @@ def test_the_sweep_resends_lost_work_with_a_doubling_wait(d, session_factory):
 
 
 def test_commands_still_waiting_do_not_fill_the_sweeps_batch(d, session_factory, monkeypatch):
-    monkeypatch.setattr(sweep, "BATCH", 2)
+    monkeypatch.setattr(lost_work, "BATCH", 2)
     workflow_id = d.workflow(single_stage([{"users": ["a"]}]))
     stuck = [d.request(d.submit(workflow_id, {}, document_id=f"S{n}"), "a", "approve") for n in range(2)]
     late = d.request(d.submit(workflow_id, {}, document_id="L"), "a", "approve")
@@ -965,7 +968,7 @@ def test_commands_still_waiting_do_not_fill_the_sweeps_batch(d, session_factory,
     def sweep_at(offset: int) -> list[str]:
         clock.set_clock(lambda: start + timedelta(seconds=offset))
         with session_factory.begin() as s:
-            return [command.id for command in sweep.stale_commands(s, grace=grace)]
+            return [command.id for command in lost_work.stale_commands(s, grace=grace)]
 
     try:
         with session_factory.begin() as s:  # lost a minute after the two stuck ones
@@ -1010,8 +1013,8 @@ def test_a_task_cannot_be_delegated_to_an_approver_still_being_assigned(d, sessi
     wf = d.workflow(single_stage([{"users": ["a", "y"]}], "all"))
     rid, command_id = d.admit(wf, {})
     with session_factory.begin() as s:
-        (stage_id,) = runtimes.start(s, command_id=command_id)
-        runtimes.assign(s, stage_id=stage_id, user="a")  # y's chord task has not run yet
+        (stage_id,) = transitions.start(s, command_id=command_id)
+        transitions.assign(s, stage_id=stage_id, user="a")  # y's chord task has not run yet
     task = d.task_of(rid, "a")
     with session_factory() as s, pytest.raises(Conflict, match="'y' is already an approver on this stage"):
         admission.request_action(

@@ -101,7 +101,7 @@ def test_state_gauges_are_read_from_the_database(ops: Ops, workflow_id: str) -> 
         assert (name, frozenset()) in samples, name
     for status in ("pending", "retrying", "failed"):
         assert ("bflow_webhook_deliveries", frozenset({("status", status)})) in samples
-    # /api/v1/metrics serves the same exposition (DESIGN §5 lists it under the API prefix).
+    # /api/v1/metrics serves the same exposition (the API lists it under its prefix).
     assert "bflow_state_up 1.0" in requests.get(f"{ops.stack.base_url}/api/v1/metrics", timeout=10).text
 
 

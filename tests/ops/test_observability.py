@@ -9,16 +9,16 @@ import uuid
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import sessionmaker
 
-from bflow_tasks import db
-from bflow_tasks.engine.journal import EMITTED
+from bflow_tasks import after_commit, db
 from bflow_tasks.observability import context, logs, propagation
+from bflow_tasks.worker import publishing
 
 
-def note(session: Session, event_type: str, workflow_id: str) -> None:
-    # What journal.emit records for each event it writes.
-    session.info.setdefault(EMITTED, []).append({"type": event_type, "workflow_id": workflow_id})
+def event(event_type: str, workflow_id: str) -> dict[str, str]:
+    # What journal.emit notes for each event it writes.
+    return {"type": event_type, "workflow_id": workflow_id}
 
 
 def counted(name: str, workflow_id: str, **labels: str) -> float:
@@ -26,23 +26,23 @@ def counted(name: str, workflow_id: str, **labels: str) -> float:
 
 
 @pytest.mark.skipif(bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR")), reason="reads the default registry")
-def test_only_events_that_commit_are_counted_once() -> None:
+def test_only_events_that_commit_are_counted_once(monkeypatch: pytest.MonkeyPatch) -> None:
     workflow_id = str(uuid.uuid4())
     engine = db.make_engine("sqlite://")  # the project's SQLite recipe: savepoints work
-    with Session(engine) as session:
-        session.connection()
-        note(session, "runtime.created", workflow_id)
-        with pytest.raises(RuntimeError), session.begin_nested():
-            note(session, "runtime.completed", workflow_id)  # undone with its savepoint
+    monkeypatch.setattr(db, "get_sessionmaker", lambda: sessionmaker(engine, expire_on_commit=False))
+    with publishing.unit_of_work() as session:
+        box = after_commit.of(session)
+        box.record_event(event("runtime.created", workflow_id))
+        with pytest.raises(RuntimeError), after_commit.savepoint(session):
+            box.record_event(event("runtime.completed", workflow_id))  # undone with its savepoint
             raise RuntimeError("route failed")
-        with session.begin_nested():
-            note(session, "runtime.rejected", workflow_id)  # kept: the savepoint was released
-        session.commit()
-        session.connection()
-        note(session, "runtime.created", workflow_id)
-        session.rollback()  # never happened
-        session.connection()
-        session.commit()  # nothing new: nothing counted twice
+        with after_commit.savepoint(session):
+            box.record_event(event("runtime.rejected", workflow_id))  # kept: the savepoint was released
+    with pytest.raises(RuntimeError), publishing.unit_of_work() as session:
+        after_commit.of(session).record_event(event("runtime.created", workflow_id))
+        raise RuntimeError("never happened")
+    with publishing.unit_of_work() as session:
+        session.connection()  # nothing new: nothing counted twice
     engine.dispose()
     assert counted("bflow_runtimes_started_total", workflow_id) == 1
     assert counted("bflow_runtimes_ended_total", workflow_id, status="completed") == 0

@@ -11,7 +11,7 @@ import redis.exceptions
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from bflow_tasks.tasks.attempts import StepFailed, attempt, describe, is_transient
+from bflow_tasks.worker.attempts import StepFailed, attempt, describe, is_transient
 
 FOR_NOW = [
     OperationalError("UPDATE runtime", {}, pymysql.err.OperationalError(1213, "Deadlock found")),

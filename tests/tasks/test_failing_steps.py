@@ -19,10 +19,12 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from bflow_tasks.engine import clock, failures, jobs, stages
+from bflow_tasks.engine import clock
+from bflow_tasks.engine.runtimes import failures, routing, stage_lifecycle
+from bflow_tasks.engine.timers import job_slots
 from bflow_tasks.models import JobRun, Runtime, RuntimeCommand, RuntimeStage
 from bflow_tasks.settings import settings
-from bflow_tasks.tasks import maintenance
+from bflow_tasks.worker import maintenance_tasks
 from tests.api.helpers import Tenant, execute, post_workflow
 from tests.engine.test_runtimes import single_stage
 from tests.webhooks.receiver import Receiver
@@ -33,7 +35,7 @@ BEAT = datetime(2030, 1, 7, 9, 0)
 
 
 class Sweeps:
-    """Fire `maintenance.sweep` as Beat does, one slot after another, and read what each re-sent."""
+    """Fire `maintenance_tasks.sweep` as Beat does, one slot after another, and read what each re-sent."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -42,8 +44,8 @@ class Sweeps:
     def fire(self) -> dict[str, Any]:
         self.fired += 1
         at = BEAT + timedelta(seconds=settings.sweep_seconds * self.fired)
-        maintenance.sweep.delay(scheduled_at=at.isoformat())
-        slot = jobs.slot_of(at, settings.sweep_seconds)
+        maintenance_tasks.sweep.delay(scheduled_at=at.isoformat())
+        slot = job_slots.slot_of(at, settings.sweep_seconds)
 
         def finished() -> dict[str, Any] | None:
             with Session(self.engine) as session:
@@ -140,8 +142,8 @@ def test_an_action_that_keeps_failing_ends_its_runtime_in_error_and_is_sent_no_m
     receiver.secrets = [hook["secret"]]
     runtime_id = submitted(client, tenant, ["a"])
     task_id(client, tenant, runtime_id, "a")  # the stage is open
-    route = Calls(stages.route, lambda _n, _a, _k: error)
-    monkeypatch.setattr(stages, "route", route)
+    route = Calls(routing.route, lambda _n, _a, _k: error)
+    monkeypatch.setattr(routing, "route", route)
     act(client, tenant, runtime_id, "a")
 
     sweeps = Sweeps(api_engine)
@@ -169,8 +171,8 @@ def test_a_command_that_fails_once_is_applied_by_the_sweeps_next_try(
 ) -> None:
     runtime_id = submitted(client, tenant, ["a"])
     task_id(client, tenant, runtime_id, "a")
-    route = Calls(stages.route, lambda n, _a, _k: KeyError("once") if n == 1 else None)
-    monkeypatch.setattr(stages, "route", route)
+    route = Calls(routing.route, lambda n, _a, _k: KeyError("once") if n == 1 else None)
+    monkeypatch.setattr(routing, "route", route)
     act(client, tenant, runtime_id, "a")
 
     Sweeps(api_engine).until(lambda: runtime(api_engine, runtime_id).status == "completed", what="completion")
@@ -188,8 +190,8 @@ def test_a_failure_for_now_is_retried_by_celery_and_not_counted(
 ) -> None:
     runtime_id = submitted(client, tenant, ["a"])
     task_id(client, tenant, runtime_id, "a")
-    route = Calls(stages.route, lambda n, _a, _k: lock_wait if n <= 2 else None)
-    monkeypatch.setattr(stages, "route", route)
+    route = Calls(routing.route, lambda n, _a, _k: lock_wait if n <= 2 else None)
+    monkeypatch.setattr(routing, "route", route)
     act(client, tenant, runtime_id, "a")
 
     wait_until(lambda: runtime(api_engine, runtime_id).status == "completed", what="completion")  # no sweep
@@ -203,8 +205,8 @@ def test_a_stage_whose_task_cannot_be_created_ends_its_runtime_in_error(
     def b_fails(_n: int, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> BaseException | None:
         return KeyError("no place for b") if kwargs["user"] == "b" else None
 
-    add_assignee = Calls(stages.add_assignee, b_fails)
-    monkeypatch.setattr(stages, "add_assignee", add_assignee)
+    add_assignee = Calls(stage_lifecycle.add_assignee, b_fails)
+    monkeypatch.setattr(stage_lifecycle, "add_assignee", add_assignee)
     runtime_id = submitted(client, tenant, ["a", "b"])
 
     Sweeps(api_engine).until(

@@ -13,9 +13,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_shim.app import create_app
-from bflow_tasks.celery_app import app as celery_app
 from bflow_tasks.engine import clock
 from bflow_tasks.settings import settings
+from bflow_tasks.worker import celery_app
 from tests.api import helpers
 from tests.webhooks.receiver import Receiver
 from tests.webhooks.support import QUEUES
@@ -76,7 +76,7 @@ def receiver() -> Iterator[Receiver]:
 def worker(client: TestClient) -> Iterator[None]:
     """A real Celery worker (solo pool, every queue) in a thread, on the in-process broker."""
     with start_worker(
-        celery_app,
+        celery_app.app,
         pool="solo",
         perform_ping_check=False,
         queues=QUEUES,

@@ -11,9 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bflow_tasks.engine import webhook_endpoints
+from bflow_tasks.engine.webhooks import endpoint_secrets, endpoints, signatures
 from bflow_tasks.models import RuntimeEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from bflow_tasks.webhooks import crypto, signing
 from tests.api.helpers import API, Tenant
 
 QUEUES = ["workflow", "webhooks", "maintenance"]
@@ -72,14 +71,14 @@ def add_endpoint(
     session_factory: sessionmaker[Session], tenant_id: str, url: str, events: list[str] | None = None
 ) -> tuple[str, str]:
     """Register an endpoint through the engine; return its id and secret."""
-    secret = signing.new_secret()
+    secret = signatures.new_secret()
     with session_factory.begin() as session:
-        row = webhook_endpoints.create_endpoint(
+        row = endpoints.create_endpoint(
             session,
             tenant_id=tenant_id,
             url=url,
             events=events or ["*"],
-            secret_encrypted=crypto.encrypt(secret),
+            secret_encrypted=endpoint_secrets.encrypt(secret),
         )
         return row.id, secret
 

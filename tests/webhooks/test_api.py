@@ -10,9 +10,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from bflow_tasks.engine.webhooks import endpoint_secrets
 from bflow_tasks.models import WebhookDelivery, WebhookEndpoint
 from bflow_tasks.settings import settings
-from bflow_tasks.webhooks import crypto, delivery
+from bflow_tasks.worker import webhook_sender
 from tests.api.helpers import API, Tenant, count, open_runtime, queued_messages
 from tests.webhooks.receiver import Receiver
 from tests.webhooks.support import deliveries, endpoint, register
@@ -33,7 +34,9 @@ def test_register_list_get_delete_and_the_secret_is_shown_once(
     assert secret.startswith("whsec_") and len(base64.b64decode(secret[6:])) == 32
     assert created["events"] == ["runtime.completed", "task.assigned"] and created["is_active"] is True
     stored = endpoint(api_engine, created["id"])
-    assert secret not in stored.secret_encrypted and crypto.decrypt(stored.secret_encrypted) == secret
+    assert (
+        secret not in stored.secret_encrypted and endpoint_secrets.decrypt(stored.secret_encrypted) == secret
+    )
 
     listed = client.get(f"{API}/webhooks", headers=tenant.headers)
     assert listed.status_code == 200 and listed.json()["count"] == 1
@@ -114,7 +117,7 @@ def _deliveries_with_a_dead_letter(
     receiver.reply = lambda r: (500, {}, b"receiver broke", 0.0) if r.payload["sequence"] == 1 else 204
     runtime_id = open_runtime(session_factory, tenant).runtime_id
     for _ in range(8):  # retry_scale 0: every retry is due at once; no worker needed
-        delivery.drain(endpoint_id=hook["id"], runtime_id=runtime_id)
+        webhook_sender.drain(endpoint_id=hook["id"], runtime_id=runtime_id)
     return hook, runtime_id
 
 
@@ -167,7 +170,7 @@ def test_replay_and_recover_reset_dead_letters_and_enqueue_them(
     assert again.status == "pending" and again.attempts == 0
     assert queued_messages("webhooks") == queued + 1  # enqueued after the commit
     receiver.reply = lambda _r: 200
-    delivery.drain(endpoint_id=hook["id"], runtime_id=runtime_id)
+    webhook_sender.drain(endpoint_id=hook["id"], runtime_id=runtime_id)
     assert deliveries(api_engine, id=dead.id)[0].status == "delivered"
     assert client.post(f"{API}/webhook-deliveries/nope/replay", headers=tenant.headers).status_code == 404
 
@@ -209,8 +212,8 @@ def test_rotate_secret_shows_the_new_one_once_and_keeps_the_old_for_24_hours(
     expires = datetime.fromisoformat(body["previous_secret_expires_at"])
     assert timedelta(hours=23, minutes=59) < expires - datetime.now(UTC) <= timedelta(hours=24)
     stored = endpoint(api_engine, hook["id"])
-    assert crypto.decrypt(stored.secret_encrypted) == body["secret"]
-    assert [crypto.decrypt(entry["secret_encrypted"]) for entry in stored.previous_secrets] == [
+    assert endpoint_secrets.decrypt(stored.secret_encrypted) == body["secret"]
+    assert [endpoint_secrets.decrypt(entry["secret_encrypted"]) for entry in stored.previous_secrets] == [
         hook["secret"]
     ]
     shown = client.get(f"{API}/webhooks/{hook['id']}", headers=tenant.headers).text
@@ -242,5 +245,7 @@ def test_another_tenants_endpoints_and_deliveries_are_not_found(
         assert response.status_code == 404, (method, url)
         assert response.json()["error"]["code"] == "not_found"
     assert client.get(f"{API}/webhooks", headers=other_tenant.headers).json()["count"] == 0
-    assert crypto.decrypt(endpoint(api_engine, hook["id"]).secret_encrypted) == hook["secret"]  # not rotated
+    assert (
+        endpoint_secrets.decrypt(endpoint(api_engine, hook["id"]).secret_encrypted) == hook["secret"]
+    )  # not rotated
     assert client.get(base, headers=tenant.headers).status_code == 200

@@ -10,9 +10,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from bflow_tasks.celery_app import app as celery_app
 from bflow_tasks.models import WebhookDelivery
-from bflow_tasks.tasks import webhooks as webhook_tasks
+from bflow_tasks.worker import celery_app, webhook_tasks
 from tests.api.helpers import (
     UNREACHABLE_BROKER,
     Tenant,
@@ -38,14 +37,14 @@ def test_events_committed_while_the_broker_is_down_are_sent_by_the_sweep(
     hook = register(client, tenant, receiver.url)
     receiver.secrets = [hook["secret"]]
     workflow_id = post_workflow(client, tenant)["id"]
-    working = celery_app.conf.broker_url
+    working = celery_app.app.conf.broker_url
     switch_broker(UNREACHABLE_BROKER)
     try:
         # A submission the broker refused is withdrawn (503): its event's deliveries go with it.
         assert execute(client, tenant, workflow_id, document_id="LR-0").status_code == 503
         assert count(api_engine, WebhookDelivery) == 0
         # Transitions the worker commits go on; only the after-commit message is lost.
-        with caplog.at_level(logging.WARNING, logger="bflow_tasks.dispatch"):
+        with caplog.at_level(logging.WARNING, logger="bflow_tasks.worker.publishing"):
             runtime_id = open_runtime(session_factory, tenant, document_id="LR-1").runtime_id
     finally:
         switch_broker(working)
@@ -54,7 +53,9 @@ def test_events_committed_while_the_broker_is_down_are_sent_by_the_sweep(
     assert pending == len(tenant_events(api_engine, tenant.id)) > 3
     assert queued_messages("webhooks") == 0 and receiver.requests() == []
 
-    with start_worker(celery_app, pool="solo", perform_ping_check=False, queues=QUEUES, loglevel="WARNING"):
+    with start_worker(
+        celery_app.app, pool="solo", perform_ping_check=False, queues=QUEUES, loglevel="WARNING"
+    ):
         webhook_tasks.sweep.delay()  # what Beat does every BFLOW_SWEEP_SECONDS
         rows = wait_for_deliveries(api_engine, hook["id"])
     assert len(rows) == pending and all(d.status == "delivered" for d in rows)

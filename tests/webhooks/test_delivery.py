@@ -17,10 +17,11 @@ from sqlalchemy.orm import Session
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from bflow_tasks.engine import clock
-from bflow_tasks.engine.webhook_delivery import Claim
+from bflow_tasks.engine.webhooks import endpoint_secrets, signatures
+from bflow_tasks.engine.webhooks.leases import Claim
 from bflow_tasks.models import WebhookEndpoint
 from bflow_tasks.settings import settings
-from bflow_tasks.webhooks import crypto, delivery, signing
+from bflow_tasks.worker import webhook_sender
 from tests.api.helpers import API, Tenant, execute, post_workflow
 from tests.webhooks.receiver import Received, Receiver
 from tests.webhooks.support import (
@@ -326,11 +327,11 @@ def test_a_slow_host_lookup_counts_against_the_attempts_time_limit(monkeypatch: 
         url="http://slow-dns.example/hook",
         body="{}",
         lease=clock.now() + timedelta(seconds=60),
-        secrets_encrypted=(crypto.encrypt(signing.new_secret()),),
+        secrets_encrypted=(endpoint_secrets.encrypt(signatures.new_secret()),),
     )
     started = time.monotonic()
     try:
-        outcome = delivery.attempt(claim)
+        outcome = webhook_sender.attempt(claim)
     finally:
         released.set()
     assert time.monotonic() - started < 2.5

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from bflow_tasks.engine import clock, webhook_endpoints
-from bflow_tasks.engine import webhook_delivery as delivery_engine
-from bflow_tasks.engine.webhook_delivery import Claim, Outcome
+from bflow_tasks.engine import clock
+from bflow_tasks.engine.webhooks import endpoints, leases
+from bflow_tasks.engine.webhooks.leases import Claim, Outcome
 from bflow_tasks.models import WebhookDelivery, WebhookEndpoint
 from tests.engine.driver import Driver
 from tests.factories import leave_request_definition
@@ -27,7 +27,7 @@ HOURS = 3600
 )
 def test_the_retry_schedule_with_jitter_and_scale(attempts_made: int, seconds: float) -> None:
     def delay(rand: float, scale: float = 1.0) -> float | None:
-        return delivery_engine.retry_delay(attempts_made, retry_after=None, scale=scale, rand=lambda: rand)
+        return leases.retry_delay(attempts_made, retry_after=None, scale=scale, rand=lambda: rand)
 
     assert delay(0.5) == pytest.approx(seconds)
     assert delay(0.0) == pytest.approx(seconds * 0.8)
@@ -36,11 +36,11 @@ def test_the_retry_schedule_with_jitter_and_scale(attempts_made: int, seconds: f
 
 
 def test_retries_end_after_the_eighth_attempt_and_retry_after_only_slows_them_down() -> None:
-    assert delivery_engine.MAX_ATTEMPTS == 8
-    assert delivery_engine.retry_delay(8, retry_after=None, scale=1.0) is None
+    assert leases.MAX_ATTEMPTS == 8
+    assert leases.retry_delay(8, retry_after=None, scale=1.0) is None
 
     def delay(retry_after: float) -> float | None:
-        return delivery_engine.retry_delay(1, retry_after=retry_after, scale=1.0, rand=lambda: 0.5)
+        return leases.retry_delay(1, retry_after=retry_after, scale=1.0, rand=lambda: 0.5)
 
     assert delay(120) == pytest.approx(120)
     assert delay(1) == pytest.approx(5)  # never sooner than the schedule
@@ -54,17 +54,15 @@ def driver(session_factory: sessionmaker[Session]) -> Driver:
 
 def _claim(session_factory: sessionmaker[Session], endpoint_id: str, runtime_id: str | None) -> Claim | None:
     with session_factory.begin() as session:
-        return delivery_engine.claim_head(
-            session, endpoint_id=endpoint_id, runtime_id=runtime_id, lease_seconds=60
-        )
+        return leases.claim_head(session, endpoint_id=endpoint_id, runtime_id=runtime_id, lease_seconds=60)
 
 
 def _record(
     session_factory: sessionmaker[Session], claim: Claim, status_code: int, scale: float = 1.0
-) -> delivery_engine.Next:
+) -> leases.Next:
     outcome = Outcome(attempted_at=clock.now(), latency_ms=3, status_code=status_code, response_body="x")
     with session_factory.begin() as session:
-        return delivery_engine.record_attempt(session, claim=claim, outcome=outcome, scale=scale)
+        return leases.record_attempt(session, claim=claim, outcome=outcome, scale=scale)
 
 
 def test_a_runtimes_events_go_out_in_sequence_and_a_retrying_head_holds_its_stream_only(
@@ -87,7 +85,7 @@ def test_a_runtimes_events_go_out_in_sequence_and_a_retrying_head_holds_its_stre
     assert other is not None and json.loads(other.body)["sequence"] == 1
 
     step = _record(session_factory, head, 500)
-    assert step == delivery_engine.Next(go_on=False, retry_in=pytest.approx(5, rel=0.21))
+    assert step == leases.Next(go_on=False, retry_in=pytest.approx(5, rel=0.21))
     assert _claim(session_factory, endpoint_id, first) is None  # the head is not due for 5 s
     rows = deliveries(engine, endpoint_id=endpoint_id, runtime_id=first)
     assert rows[0].status == "retrying" and rows[0].attempts == 1 and rows[0].last_status_code == 500
@@ -99,12 +97,12 @@ def test_a_runtimes_events_go_out_in_sequence_and_a_retrying_head_holds_its_stre
     _make_due(session_factory, rows[0].id, attempts=7)  # the last retry
     head = _claim(session_factory, endpoint_id, first)
     assert head is not None and head.delivery_id == rows[0].id
-    assert _record(session_factory, head, 503) == delivery_engine.Next(go_on=True)
+    assert _record(session_factory, head, 503) == leases.Next(go_on=True)
     assert deliveries(engine, id=rows[0].id)[0].status == "failed"  # the dead letter
     _make_due(session_factory, rows[1].id)
     following = _claim(session_factory, endpoint_id, first)  # a dead letter no longer blocks
     assert following is not None and following.delivery_id == rows[1].id
-    assert _record(session_factory, following, 204) == delivery_engine.Next(go_on=True)
+    assert _record(session_factory, following, 204) == leases.Next(go_on=True)
     delivered = deliveries(engine, id=rows[1].id)[0]
     assert delivered.status == "delivered" and delivered.delivered_at is not None
     assert endpoint(engine, endpoint_id).failing_since is None  # a success ends the failing run
@@ -122,9 +120,9 @@ def test_an_outcome_after_the_lease_ran_out_is_logged_but_changes_nothing(
         session.get_one(WebhookDelivery, slow.delivery_id).locked_until = clock.now() - timedelta(seconds=1)
     takeover = _claim(session_factory, endpoint_id, runtime_id)
     assert takeover is not None and takeover.delivery_id == slow.delivery_id
-    assert _record(session_factory, slow, 500) == delivery_engine.Next(go_on=False)
+    assert _record(session_factory, slow, 500) == leases.Next(go_on=False)
     assert deliveries(engine, id=slow.delivery_id)[0].status == "pending"
-    assert _record(session_factory, takeover, 200) == delivery_engine.Next(go_on=True)
+    assert _record(session_factory, takeover, 200) == leases.Next(go_on=True)
     assert deliveries(engine, id=slow.delivery_id)[0].status == "delivered"
     assert [a.status_code for a in attempts(engine, slow.delivery_id)] == [500, 200]
 
@@ -145,7 +143,7 @@ def test_five_days_of_failures_disable_the_endpoint_and_tell_the_others(
         )
     claim = _claim(session_factory, failing, runtime_id)
     assert claim is not None
-    assert _record(session_factory, claim, 500) == delivery_engine.Next(go_on=False)
+    assert _record(session_factory, claim, 500) == leases.Next(go_on=False)
 
     disabled = endpoint(engine, failing)
     assert not disabled.is_active and disabled.disabled_reason == "failing for 5 days"
@@ -162,7 +160,7 @@ def test_five_days_of_failures_disable_the_endpoint_and_tell_the_others(
     notice_claim = _claim(session_factory, watcher, None)
     assert notice_claim is not None and notice_claim.delivery_id == notice.id
     with session_factory.begin() as session:
-        webhook_endpoints.enable_endpoint(session, tenant_id=driver.tenant_id, endpoint_id=failing)
+        endpoints.enable_endpoint(session, tenant_id=driver.tenant_id, endpoint_id=failing)
     resumed = _claim(session_factory, failing, runtime_id)
     assert resumed is not None and resumed.delivery_id == rows[0].id
 
@@ -189,7 +187,7 @@ def test_a_delivery_parked_on_its_last_attempt_gets_a_fresh_schedule_when_enable
     assert (parked.status, parked.next_attempt_at) == ("retrying", None)
 
     with session_factory.begin() as session:  # the consumer fixes its endpoint and enables it
-        webhook_endpoints.enable_endpoint(session, tenant_id=driver.tenant_id, endpoint_id=failing)
+        endpoints.enable_endpoint(session, tenant_id=driver.tenant_id, endpoint_id=failing)
     resumed = _claim(session_factory, failing, runtime_id)
     assert resumed is not None and resumed.delivery_id == rows[0].id
     _record(session_factory, resumed, 503)  # one hiccup right after enabling

@@ -9,8 +9,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from bflow_tasks.engine import clock
-from bflow_tasks.engine import webhook_delivery as delivery_engine
-from bflow_tasks.engine.webhook_delivery import Next, Outcome
+from bflow_tasks.engine.webhooks import leases
+from bflow_tasks.engine.webhooks.leases import Next, Outcome
 from bflow_tasks.models import WebhookDelivery
 from tests.engine.driver import Driver
 from tests.factories import leave_request_definition
@@ -33,22 +33,18 @@ def flow(session_factory: sessionmaker[Session]) -> Flow:
 def _attempt(session_factory: sessionmaker[Session], endpoint_id: str, runtime_id: str, status: int) -> Next:
     """Claim the stream's head and record one answer for it, at full scale, without jitter."""
     with session_factory.begin() as session:
-        claim = delivery_engine.claim_head(
-            session, endpoint_id=endpoint_id, runtime_id=runtime_id, lease_seconds=60
-        )
+        claim = leases.claim_head(session, endpoint_id=endpoint_id, runtime_id=runtime_id, lease_seconds=60)
     assert claim is not None
     outcome = Outcome(attempted_at=clock.now(), latency_ms=1, status_code=status)
     with session_factory.begin() as session:
-        return delivery_engine.record_attempt(
-            session, claim=claim, outcome=outcome, scale=1.0, rand=lambda: 0.5
-        )
+        return leases.record_attempt(session, claim=claim, outcome=outcome, scale=1.0, rand=lambda: 0.5)
 
 
 def _fail_until_dead_lettered(
     session_factory: sessionmaker[Session], endpoint_id: str, runtime_id: str, at: list[datetime]
 ) -> None:
     """Fail every attempt of the runtime's first delivery, each when it falls due."""
-    for _ in range(delivery_engine.MAX_ATTEMPTS):
+    for _ in range(leases.MAX_ATTEMPTS):
         _attempt(session_factory, endpoint_id, runtime_id, 500)
         with session_factory.begin() as session:
             head = session.query(WebhookDelivery).filter_by(runtime_id=runtime_id, sequence=1).one()
@@ -91,11 +87,11 @@ def test_failures_a_few_hours_apart_for_five_days_still_disable_the_endpoint(
         _attempt(session_factory, endpoint_id, runtime_id, 500)
         row = endpoint(engine, endpoint_id)
         assert row.failing_since == started
-        if at[0] - started >= delivery_engine.DISABLE_AFTER:
+        if at[0] - started >= leases.DISABLE_AFTER:
             break
         assert row.is_active
     assert not row.is_active and row.disabled_reason == "failing for 5 days"
-    assert at[0] - started < delivery_engine.DISABLE_AFTER + timedelta(hours=10)
+    assert at[0] - started < leases.DISABLE_AFTER + timedelta(hours=10)
 
 
 def test_a_failure_longer_after_the_last_than_any_retry_waits_starts_a_new_run(
@@ -105,8 +101,8 @@ def test_a_failure_longer_after_the_last_than_any_retry_waits_starts_a_new_run(
     started = at[0]
     _attempt(session_factory, endpoint_id, driver.submit(workflow_id, {"amount": 10}, document_id="D1"), 500)
 
-    gap = delivery_engine.longest_retry_gap(1.0)
-    assert gap >= max(delivery_engine.RETRY_DELAYS) * 1.2  # the longest wait, jitter included
+    gap = leases.longest_retry_gap(1.0)
+    assert gap >= max(leases.RETRY_DELAYS) * 1.2  # the longest wait, jitter included
     at[0] = started + gap
     _attempt(session_factory, endpoint_id, driver.submit(workflow_id, {"amount": 10}, document_id="D2"), 500)
     assert endpoint(engine, endpoint_id).failing_since == started  # within the gap: the run goes on

@@ -9,9 +9,12 @@ import pytest
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bflow_tasks.engine import admission, clock, journal, runtimes
-from bflow_tasks.engine import webhooks as outbox
+from bflow_tasks import after_commit
+from bflow_tasks.engine import clock
+from bflow_tasks.engine.runtimes import admission, journal, transitions
+from bflow_tasks.engine.webhooks import outbox
 from bflow_tasks.models import Runtime, RuntimeEvent, WebhookDelivery, WebhookEndpoint
+from bflow_tasks.worker import publishing
 from tests.api.helpers import queued_messages
 from tests.engine.driver import Driver
 from tests.factories import leave_request_definition
@@ -82,7 +85,7 @@ def test_a_transaction_reads_the_tenants_endpoints_once(
     try:
         for _transaction in range(2):
             with session_factory.begin() as session:
-                runtime = runtimes.lock(session, runtime_id)
+                runtime = transitions.lock(session, runtime_id)
                 for _ in range(5):
                     journal.emit(session, runtime, "task.overdue", status="overdue")
     finally:
@@ -91,33 +94,48 @@ def test_a_transaction_reads_the_tenants_endpoints_once(
     assert len(deliveries(engine, event_type="task.overdue")) == 10
 
 
-def test_streams_are_enqueued_after_the_commit_and_never_on_rollback(
-    driver: Driver, session_factory: sessionmaker[Session], engine: Engine
+def test_streams_are_enqueued_after_the_unit_of_work_commits_and_never_on_rollback(
+    driver: Driver, session_factory: sessionmaker[Session], engine: Engine, api_engine: Engine
 ) -> None:
     add_endpoint(session_factory, driver.tenant_id, URL)
     add_endpoint(session_factory, driver.tenant_id, URL)
     runtime_id = driver.submit(driver.workflow(leave_request_definition()), {"amount": 10})
     before = queued_messages("webhooks")
 
-    with session_factory() as session:
-        runtime = runtimes.lock(session, runtime_id)
-        with session.begin_nested():  # a released savepoint is not a commit
+    with pytest.raises(RuntimeError, match="rolled back"), publishing.unit_of_work() as session:
+        runtime = transitions.lock(session, runtime_id)
+        with after_commit.savepoint(session):  # a released savepoint is not a commit
             journal.emit(session, runtime, "task.overdue")
         journal.emit(session, runtime, "task.overdue")
         assert queued_messages("webhooks") == before
-        session.rollback()
+        raise RuntimeError("rolled back")
     assert queued_messages("webhooks") == before
     assert deliveries(engine, event_type="task.overdue") == []
 
-    with session_factory() as session:
-        runtime = runtimes.lock(session, runtime_id)
+    with publishing.unit_of_work() as session:
+        runtime = transitions.lock(session, runtime_id)
         for _ in range(3):
             journal.emit(session, runtime, "task.overdue")
         assert queued_messages("webhooks") == before
-        session.commit()
     # One message per (endpoint, runtime) stream, however many events it got.
     assert queued_messages("webhooks") == before + 2
     assert len(deliveries(engine, event_type="task.overdue")) == 6
+
+
+def test_a_session_nobody_owns_sends_nothing_and_the_sweep_finds_its_deliveries(
+    driver: Driver, session_factory: sessionmaker[Session], engine: Engine
+) -> None:
+    # No listener on every session of the process: only a unit of work's owner sends.
+    add_endpoint(session_factory, driver.tenant_id, URL)
+    runtime_id = driver.submit(driver.workflow(leave_request_definition()), {"amount": 10})
+    before = queued_messages("webhooks")
+    with session_factory() as session:
+        journal.emit(session, transitions.lock(session, runtime_id), "task.overdue")
+        session.commit()
+    assert queued_messages("webhooks") == before
+    with session_factory() as session:
+        streams = outbox.due_streams(session, grace=timedelta(0))
+    assert (deliveries(engine, event_type="task.overdue")[0].endpoint_id, runtime_id) in streams
 
 
 def test_admission_emits_nothing_so_a_withdrawn_submission_was_never_announced(

@@ -7,9 +7,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from bflow_tasks.engine import webhook_delivery as delivery_engine
-from bflow_tasks.engine import webhook_endpoints
-from bflow_tasks.webhooks import crypto, signing
+from bflow_tasks.engine.webhooks import endpoint_secrets, endpoints, leases, signatures
 from tests.engine.driver import Driver
 from tests.factories import leave_request_definition
 from tests.webhooks.support import add_endpoint
@@ -19,11 +17,9 @@ URL = "http://127.0.0.1:9/hook"
 
 def _rotate(session_factory: sessionmaker[Session], tenant_id: str, endpoint_id: str) -> str:
     """Rotate the endpoint's secret; return the new one, encrypted."""
-    new = crypto.encrypt(signing.new_secret())
+    new = endpoint_secrets.encrypt(signatures.new_secret())
     with session_factory.begin() as session:
-        webhook_endpoints.rotate_secret(
-            session, tenant_id=tenant_id, endpoint_id=endpoint_id, secret_encrypted=new
-        )
+        endpoints.rotate_secret(session, tenant_id=tenant_id, endpoint_id=endpoint_id, secret_encrypted=new)
     return new
 
 
@@ -36,9 +32,7 @@ def _signing_secrets(
         driver.workflow(leave_request_definition()), {"amount": 10}, document_id=document_id
     )
     with session_factory.begin() as session:
-        claim = delivery_engine.claim_head(
-            session, endpoint_id=endpoint_id, runtime_id=runtime_id, lease_seconds=60
-        )
+        claim = leases.claim_head(session, endpoint_id=endpoint_id, runtime_id=runtime_id, lease_seconds=60)
     assert claim is not None
     return claim.secrets_encrypted
 
@@ -49,7 +43,7 @@ def test_a_second_rotation_within_24_hours_keeps_the_secret_receivers_still_use(
     driver = Driver(session_factory)
     endpoint_id, _ = add_endpoint(session_factory, driver.tenant_id, URL, ["runtime.created"])
     with session_factory.begin() as session:
-        original = webhook_endpoints.get_endpoint(
+        original = endpoints.get_endpoint(
             session, tenant_id=driver.tenant_id, endpoint_id=endpoint_id
         ).secret_encrypted
     second = _rotate(session_factory, driver.tenant_id, endpoint_id)
@@ -76,7 +70,7 @@ def test_a_secret_stops_signing_24_hours_after_it_was_replaced(
 
     fourth = _rotate(session_factory, driver.tenant_id, endpoint_id)  # expired secrets are pruned
     with session_factory.begin() as session:
-        row = webhook_endpoints.get_endpoint(session, tenant_id=driver.tenant_id, endpoint_id=endpoint_id)
+        row = endpoints.get_endpoint(session, tenant_id=driver.tenant_id, endpoint_id=endpoint_id)
         assert [entry["secret_encrypted"] for entry in row.previous_secrets] == [third]
         assert row.previous_secret_expires_at == at[0] + timedelta(hours=24)
     assert _signing_secrets(session_factory, driver, endpoint_id) == (fourth, third)

@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from bflow_tasks.engine.webhooks import address_policy
 from bflow_tasks.settings import settings
-from bflow_tasks.webhooks import delivery, ssrf
+from bflow_tasks.worker import webhook_sender
 from tests.engine.driver import Driver
 from tests.factories import leave_request_definition
 from tests.webhooks.receiver import Receiver
@@ -57,21 +58,21 @@ REFUSED_URLS = [
 
 @pytest.mark.parametrize("address", FORBIDDEN)
 def test_internal_addresses_are_forbidden(address: str) -> None:
-    assert ssrf.forbidden_reason(ipaddress.ip_address(address)) is not None
+    assert address_policy.forbidden_reason(ipaddress.ip_address(address)) is not None
 
 
 @pytest.mark.parametrize("address", PUBLIC)
 def test_public_addresses_are_allowed(address: str) -> None:
-    assert ssrf.forbidden_reason(ipaddress.ip_address(address)) is None
+    assert address_policy.forbidden_reason(ipaddress.ip_address(address)) is None
 
 
 @pytest.mark.parametrize("url", REFUSED_URLS)
 def test_urls_resolving_to_internal_addresses_are_refused_unless_allowed(url: str) -> None:
-    with pytest.raises(ssrf.UnsafeUrl):
-        ssrf.check_url(url, allow_private=False)
-    with pytest.raises(ssrf.UnsafeUrl):
-        ssrf.resolve(url, allow_private=False)
-    ssrf.check_url(url, allow_private=True)
+    with pytest.raises(address_policy.UnsafeUrl):
+        address_policy.check_url(url, allow_private=False)
+    with pytest.raises(address_policy.UnsafeUrl):
+        address_policy.resolve(url, allow_private=False)
+    address_policy.check_url(url, allow_private=True)
 
 
 @pytest.mark.parametrize(
@@ -85,8 +86,8 @@ def test_urls_resolving_to_internal_addresses_are_refused_unless_allowed(url: st
     ],
 )
 def test_only_http_urls_with_a_host_are_accepted_even_when_private_targets_are(url: str) -> None:
-    with pytest.raises(ssrf.UnsafeUrl):
-        ssrf.check_url(url, allow_private=True)
+    with pytest.raises(address_policy.UnsafeUrl):
+        address_policy.check_url(url, allow_private=True)
 
 
 # urlsplit drops or strips every one of these and parses the rest as if they were not there.
@@ -106,21 +107,28 @@ INVISIBLE_URLS = [
 @pytest.mark.parametrize("url", INVISIBLE_URLS)
 def test_urls_with_control_characters_or_whitespace_are_refused(url: str) -> None:
     for allow_private in (True, False):
-        with pytest.raises(ssrf.UnsafeUrl, match=r"the URL contains (a control character|whitespace) \(U\+"):
-            ssrf.check_url(url, allow_private=allow_private)
-        with pytest.raises(ssrf.UnsafeUrl, match="the URL contains"):
-            ssrf.resolve(url, allow_private=allow_private)
+        with pytest.raises(
+            address_policy.UnsafeUrl, match=r"the URL contains (a control character|whitespace) \(U\+"
+        ):
+            address_policy.check_url(url, allow_private=allow_private)
+        with pytest.raises(address_policy.UnsafeUrl, match="the URL contains"):
+            address_policy.resolve(url, allow_private=allow_private)
 
 
 def test_a_public_address_resolves_to_itself_with_the_host_kept() -> None:
-    target = ssrf.resolve("https://93.184.215.14/hook", allow_private=False)
-    assert target == ssrf.Target(scheme="https", host="93.184.215.14", port=443, address="93.184.215.14")
-    assert ssrf.resolve("http://localhost:8080/x", allow_private=True).address in ("127.0.0.1", "::1")
+    target = address_policy.resolve("https://93.184.215.14/hook", allow_private=False)
+    assert target == address_policy.Target(
+        scheme="https", host="93.184.215.14", port=443, address="93.184.215.14"
+    )
+    assert address_policy.resolve("http://localhost:8080/x", allow_private=True).address in (
+        "127.0.0.1",
+        "::1",
+    )
 
 
 def test_an_unresolvable_host_is_refused() -> None:
-    with pytest.raises(ssrf.Unresolvable):
-        ssrf.resolve("http://does-not-exist.invalid/hook", allow_private=True)
+    with pytest.raises(address_policy.Unresolvable):
+        address_policy.resolve("http://does-not-exist.invalid/hook", allow_private=True)
 
 
 def test_a_send_to_an_internal_address_is_refused_and_counts_as_a_failure(
@@ -135,7 +143,7 @@ def test_a_send_to_an_internal_address_is_refused_and_counts_as_a_failure(
     endpoint_id, _ = add_endpoint(session_factory, driver.tenant_id, receiver.url)
     runtime_id = driver.submit(driver.workflow(leave_request_definition()), {"amount": 10})
     monkeypatch.setattr(settings, "webhook_allow_private", False)
-    retry_in = delivery.drain(endpoint_id=endpoint_id, runtime_id=runtime_id)
+    retry_in = webhook_sender.drain(endpoint_id=endpoint_id, runtime_id=runtime_id)
     assert retry_in is not None and retry_in > 0
     head = deliveries(engine, endpoint_id=endpoint_id, runtime_id=runtime_id)[0]
     assert head.status == "retrying" and head.attempts == 1

@@ -19,15 +19,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from bflow_tasks.engine.webhook_delivery import Outcome
-from bflow_tasks.webhooks import transport
-from bflow_tasks.webhooks.ssrf import Target
+from bflow_tasks.engine.webhooks.address_policy import Target
+from bflow_tasks.engine.webhooks.leases import Outcome
+from bflow_tasks.worker import http_transport
 from tests.webhooks.receiver import Receiver
 
 
 def _post(url: str, address: str, *, port: int, timeout: float = 2.0, verify: bool | str = True) -> Outcome:
     scheme, host = url.split("://")[0], url.split("://")[1].split(":")[0]
-    return transport.post(
+    return http_transport.post(
         url,
         target=Target(scheme=scheme, host=host, port=port, address=address),
         body=b'{"type":"test"}',
@@ -58,7 +58,7 @@ def test_redirects_are_not_followed_and_count_as_failures(receiver: Receiver) ->
 def test_at_most_2_kb_of_the_response_is_read(receiver: Receiver) -> None:
     receiver.reply = lambda _r: (200, {}, b"x" * 100_000, 0.0)
     outcome = _post(receiver.url, "127.0.0.1", port=receiver.port)
-    assert outcome.ok and outcome.response_body == "x" * transport.MAX_RESPONSE_BYTES
+    assert outcome.ok and outcome.response_body == "x" * http_transport.MAX_RESPONSE_BYTES
 
 
 def test_retry_after_is_read_from_the_response(receiver: Receiver) -> None:
@@ -66,8 +66,8 @@ def test_retry_after_is_read_from_the_response(receiver: Receiver) -> None:
     outcome = _post(receiver.url, "127.0.0.1", port=receiver.port)
     assert outcome.status_code == 429 and outcome.retry_after == 7.0 and outcome.response_body == "slow down"
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=90)
-    assert transport.retry_after_seconds(format_datetime(later, usegmt=True)) == pytest.approx(90, abs=2)
-    assert transport.retry_after_seconds("soon") is None
+    assert http_transport.retry_after_seconds(format_datetime(later, usegmt=True)) == pytest.approx(90, abs=2)
+    assert http_transport.retry_after_seconds("soon") is None
 
 
 def test_a_refused_connection_is_an_error_outcome(receiver: Receiver) -> None:

@@ -1,0 +1,1 @@
+"""Workflow definitions: the language, its checks, conditions, diagrams, and their storage."""

@@ -1,0 +1,1 @@
+"""Work that time starts: SLA scans, escalation, reminders, archiving, Beat job slots."""

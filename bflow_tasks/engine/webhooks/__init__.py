@@ -1,0 +1,1 @@
+"""Webhooks in the database: the outbox, endpoints and their policy, delivery leases."""

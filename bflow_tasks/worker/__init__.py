@@ -1,0 +1,1 @@
+"""Celery: the app, its tasks, publishing after commit, and the embedded worker."""

@@ -1,0 +1,92 @@
+"""The embedded default: a Celery worker and Beat running as threads of this process.
+
+With `memory://` and `cache+memory://` the broker and the result backend live inside the
+process, so the shim, the worker and Beat must share it (`bflow dev`, `bflow demo`). The
+solo pool is the one that runs chords in-process (the threads pool hung in our checks).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from celery import beat
+from celery.worker import WorkController
+from celery.worker import state as worker_state
+
+from bflow_tasks.worker.celery_app import app
+
+log = logging.getLogger(__name__)
+
+QUEUES = ["workflow", "webhooks", "maintenance"]
+
+# The workers running in this process, for /health on the in-process broker.
+_running: dict[threading.Thread, WorkController] = {}
+
+
+def has_workers() -> bool:
+    """Tell whether this process started an in-process worker (alive or not)."""
+    return bool(_running)
+
+
+def running_queues() -> dict[str, list[str]]:
+    """Map each queue consumed by a live in-process worker to those workers' names."""
+    consumed: dict[str, list[str]] = {}
+    for thread, worker in list(_running.items()):
+        consumer = getattr(worker, "consumer", None)
+        task_consumer = getattr(consumer, "task_consumer", None)
+        if not thread.is_alive() or task_consumer is None:
+            continue
+        for queue in task_consumer.queues:
+            consumed.setdefault(queue.name, []).append(str(worker.hostname))
+    return consumed
+
+
+class _Worker(WorkController):
+    """A WorkController that says when its consumer is ready to take messages."""
+
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.ready = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def on_consumer_ready(self, consumer):  # type: ignore[no-untyped-def]
+        self.ready.set()
+
+
+@contextmanager
+def worker_and_beat(*, with_beat: bool = True, loglevel: str = "WARNING") -> Iterator[None]:
+    """Run a solo-pool worker on every queue (and Beat) in daemon threads until the block exits."""
+    worker = _Worker(
+        app=app,
+        pool="solo",
+        concurrency=1,
+        loglevel=loglevel,
+        queues=QUEUES,
+        hostname="embedded@localhost",
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+    )
+    worker_thread = threading.Thread(target=worker.start, daemon=True, name="bflow-worker")
+    worker_thread.start()
+    if not worker.ready.wait(timeout=30):
+        raise RuntimeError("the embedded Celery worker did not start within 30 s")
+    _running[worker_thread] = worker
+    beat_service = None
+    if with_beat:
+        # An in-memory schedule: nothing to write next to the database file.
+        beat_service = beat.EmbeddedService(app, thread=True, scheduler_cls="celery.beat:Scheduler")
+        beat_service.start()
+    try:
+        yield
+    finally:
+        _running.pop(worker_thread, None)
+        if beat_service is not None:
+            beat_service.stop()
+        worker_state.should_terminate = 0
+        worker_thread.join(timeout=15)
+        worker_state.should_terminate = None
+        if worker_thread.is_alive():
+            log.warning("the embedded worker did not stop within 15 s")
