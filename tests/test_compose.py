@@ -88,3 +88,50 @@ def test_compose_refuses_a_missing_mysql_password(tmp_path):
     result = compose(tmp_path, "MYSQL_ROOT_PASSWORD=root-pw\nFLOWER_BASIC_AUTH=admin:pw\n")
     assert result.returncode != 0
     assert "MYSQL_PASSWORD" in result.stderr
+
+
+# --- the image compose builds (no Docker engine here: the Dockerfile is read, not built) ---
+
+
+def _dockerfile_stages() -> list[list[str]]:
+    """The Dockerfile's instructions, one list per stage (continuation lines joined)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    stages: list[list[str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        stages[-1].append(line)
+    return stages
+
+
+def _copied(stage: list[str]) -> set[str]:
+    """What a stage COPYs from the build context (not --from another stage)."""
+    sources: set[str] = set()
+    for line in stage:
+        words = line.split()
+        if words[0].upper() == "COPY" and not any(w.startswith("--from") for w in words):
+            sources.update(w for w in words[1:-1] if not w.startswith("--"))
+    return sources
+
+
+def test_the_image_is_built_from_the_wheel_of_what_pyproject_packages():
+    import tomllib
+
+    stages = _dockerfile_stages()
+    for source in set().union(*map(_copied, stages)):
+        assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which is not in the repository"
+    assert len(stages) >= 2, "the wheel is built in a stage of its own, installed in the last"
+    build, final = stages[0], stages[-1]
+    # Everything the wheel is built from is in the build stage, or `docker build` fails there.
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    needed = {"pyproject.toml", "README.md"}
+    needed |= {f"{module}.py" for module in setuptools["py-modules"]}
+    needed |= {pattern.rstrip("*") for pattern in setuptools["packages"]["find"]["include"]}
+    assert needed <= _copied(build), sorted(needed - _copied(build))
+    # The image runs an installed wheel, not the checkout (editable, PYTHONPATH).
+    assert any("pip wheel" in line for line in build)
+    assert not _copied(final)
+    assert not any(" -e " in line or "--editable" in line or "PYTHONPATH" in line for line in final)

@@ -1,9 +1,11 @@
 """Run the Alembic migrations from Python (`bflow db upgrade`, test fixtures).
 
-The migration scripts live next to the package, in the repository's ``alembic/`` directory
-(the project is installed editable); ``alembic.ini`` is read from the repository root when
-it is there, but ``script_location`` is always set from this file's location, so the
-current working directory does not matter.
+The migration scripts are part of the package: this folder is Alembic's script location
+(``env.py``, ``script.py.mako`` and ``versions/``), so they ship in the wheel and are found
+from this file's own location, whatever the current directory and however Bflow is
+installed (a wheel in site-packages, or editable). ``alembic.ini`` at the repository root
+only serves the ``alembic`` command run there (new revisions, ``alembic upgrade head``);
+it is not read here, so a checkout and an installed wheel run the migrations alike.
 """
 
 from __future__ import annotations
@@ -14,16 +16,16 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, create_engine, pool
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SCRIPT_LOCATION = REPO_ROOT / "alembic"
-ALEMBIC_INI = REPO_ROOT / "alembic.ini"
+# This package's folder: env.py, script.py.mako and versions/ are beside this file.
+SCRIPT_LOCATION = Path(__file__).resolve().parent
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic Config for this project, optionally bound to `connection`."""
-    if not SCRIPT_LOCATION.is_dir():
-        raise RuntimeError(f"Alembic scripts not found at {SCRIPT_LOCATION}")
-    config = Config(str(ALEMBIC_INI)) if ALEMBIC_INI.is_file() else Config()
+    # An installed copy that lost its package data would otherwise fail later and obscurely.
+    if not (SCRIPT_LOCATION / "env.py").is_file() or not any((SCRIPT_LOCATION / "versions").glob("*.py")):
+        raise RuntimeError(f"Alembic scripts (env.py, versions/*.py) not found in {SCRIPT_LOCATION}")
+    config = Config()
     config.set_main_option("script_location", str(SCRIPT_LOCATION))
     # The caller owns logging; env.py only configures it for the alembic CLI.
     config.attributes["configure_logger"] = False

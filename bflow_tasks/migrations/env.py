@@ -6,6 +6,8 @@ Where the database comes from, in order:
    (``bflow_tasks.migrations``, the test fixtures). The caller owns it; we do not close it.
 2. ``bflow_tasks.settings.settings.database_url`` (``BFLOW_DATABASE_URL``). ``sqlalchemy.url``
    in alembic.ini is deliberately not used.
+
+Alembic runs this file by path (``script_location`` is this folder); it is not imported.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ def _run_on(connection: Connection) -> None:
     # copy would cascade into (or be refused for) the rows that reference it. Switch the
     # checks off for the migration (a PRAGMA that only works outside a transaction).
     restore_fk = False
+    raw: Any = None  # the sqlite3 connection, when the checks are to be switched back on
     if dialect_name == "sqlite" and not external:
         raw = connection.connection.driver_connection
         assert raw is not None
@@ -111,7 +114,7 @@ def _run_on(connection: Connection) -> None:
             connection.commit()
     finally:
         if restore_fk:
-            connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
+            raw.execute("PRAGMA foreign_keys=ON")
 
 
 def run_migrations_online() -> None:
