@@ -6,10 +6,6 @@ block of docs/definitions.md parses: a whole definition as it is, a node or a co
 wrapped in the smallest definition around it. A block right after `<!-- invalid -->` must be
 refused instead, and when a ```text block follows it, with exactly the `path: message` lines
 it shows, in that order.
-
-The engine's parser is reached through the `definitions` module alias only, so when it moves
-into the definitions package the import becomes
-`from bflow_tasks.engine.definitions import language as definitions` and nothing else changes.
 """
 
 from __future__ import annotations
@@ -24,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from bflow_tasks import cli, db
-from bflow_tasks.engine import definitions  # the only layout-dependent line (see the docstring)
+from bflow_tasks.engine.definitions import language
 from bflow_tasks.settings import settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,15 +32,15 @@ COMBINATORS = ("all", "any", "not")
 
 
 def parse(raw: Any) -> Any:
-    """The engine's parser: accept and return `raw`, or raise `definitions.DefinitionError`."""
-    return definitions.parse_definition(raw)
+    """The engine's parser: accept and return `raw`, or raise `language.DefinitionError`."""
+    return language.parse_definition(raw)
 
 
 def problems(raw: Any) -> list[str]:
     """Every `path: message` the parser refuses `raw` with ([] when it accepts it)."""
     try:
         parse(raw)
-    except definitions.DefinitionError as exc:
+    except language.DefinitionError as exc:
         return [f"{p.path}: {p.message}" for p in exc.problems]
     return []
 
