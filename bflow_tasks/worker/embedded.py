@@ -45,7 +45,8 @@ def running_queues() -> dict[str, list[str]]:
     return consumed
 
 
-# How long the in-process worker waits for a message before it looks at its stop flag again.
+# How long the in-process worker waits for a message (and Beat sleeps) before it looks at its
+# stop flag again.
 STOP_CHECK_SECONDS = 0.1
 
 
@@ -101,15 +102,22 @@ def worker_and_beat(*, with_beat: bool = True, loglevel: str = "WARNING") -> Ite
     _running[worker_thread] = worker
     beat_service = None
     if with_beat:
-        # An in-memory schedule: nothing to write next to the database file.
-        beat_service = beat.EmbeddedService(app, thread=True, scheduler_cls="celery.beat:Scheduler")
-        beat_service.start()
+        # An in-memory schedule: nothing to write next to the database file. Celery's own
+        # threaded EmbeddedService ticks every second (stopping waited up to 1 s); Beat looks
+        # at its stop flag only between ticks, so this one ticks every STOP_CHECK_SECONDS.
+        beat_service = beat.Service(
+            app,
+            max_interval=STOP_CHECK_SECONDS,
+            scheduler_cls="celery.beat:Scheduler",
+            remote_control=False,
+        )
+        threading.Thread(target=beat_service.start, daemon=True, name="bflow-beat").start()
     try:
         yield
     finally:
         _running.pop(worker_thread, None)
         if beat_service is not None:
-            beat_service.stop()
+            beat_service.stop(wait=True)
         worker_state.should_terminate = 0
         worker_thread.join(timeout=15)
         worker_state.should_terminate = None
