@@ -22,7 +22,7 @@ QUEUES = ["workflow", "webhooks", "maintenance"]
 
 
 class PromptWorker(TestWorkController):
-    """Celery's test worker, stopping within 0.1 s as the embedded one does (not after 2-4 s idle)."""
+    """Celery's test worker, stopping within 0.1 s as the embedded one does (not after 1-4 s)."""
 
     __test__ = False
 
@@ -42,6 +42,7 @@ def in_process_worker() -> Iterator[None]:
         loglevel="WARNING",
         shutdown_timeout=30,
         WorkController=PromptWorker,
+        **embedded.PROMPT_STOP,
     ):
         yield
 
