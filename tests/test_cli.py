@@ -1,87 +1,32 @@
 """The `bflow` command line, as a user runs it.
 
-Most tests run the command in this process with Click's CliRunner, as a fresh `bflow` process
-would see it: the settings read from an environment without any BFLOW_* variable but an
-SQLite file in the test's directory (and what the test adds), that directory as the working
-directory, stdout and stderr apart, and an exception that escapes `bflow` printed as the
-interpreter prints it. A few smoke tests at the end start real `bflow` processes (the demo,
-an error path's two streams, `python -m bflow_tasks.cli`).
+Most tests run the command in this process, as a fresh `bflow` process would (tests/bflow_cli.py:
+the environment, the working directory, stdout and stderr apart, an escaping exception's
+traceback). A few smoke tests start real `bflow` processes (the demo, an error path's two
+streams, `python -m bflow_tasks.cli`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
-import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
-from inspect import signature
 from pathlib import Path
-from unittest import mock
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import create_engine, inspect, text
 
-from bflow_tasks import cli, db, migrations
-from bflow_tasks.settings import Settings, settings
+from bflow_tasks import cli, migrations
 from tests import services
 from tests.api import helpers
+from tests.bflow_cli import Ran, bflow_env, run
 from tests.factories import leave_request_definition
 
 BFLOW = shutil.which("bflow", path=str(Path(sys.executable).parent)) or "bflow"
-
-# stdout and stderr apart: the default from Click 8.2, an option before.
-RUNNER = CliRunner(mix_stderr=False) if "mix_stderr" in signature(CliRunner).parameters else CliRunner()
-
-
-@dataclass(frozen=True)
-class Ran:
-    """What one `bflow` run left: its exit status and its two streams."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def bflow_env(tmp_path: Path, env: dict[str, str] | None = None) -> dict[str, str]:
-    """This environment without any BFLOW_* setting, plus an SQLite file in tmp_path (and `env`)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("BFLOW_")}
-    return {**base, "BFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'bflow.db'}", **(env or {})}
-
-
-@contextlib.contextmanager
-def settings_from(env: dict[str, str]) -> Iterator[None]:
-    """The process's settings as a `bflow` process started with `env` reads them, then back."""
-    with mock.patch.dict(os.environ, env, clear=True):
-        fresh = Settings()
-    saved = {name: getattr(settings, name) for name in Settings.model_fields}
-    for name in Settings.model_fields:
-        setattr(settings, name, getattr(fresh, name))
-    db.reset_engine()
-    try:
-        yield
-    finally:
-        db.reset_engine()
-        for name, value in saved.items():
-            setattr(settings, name, value)
-
-
-def run(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Ran:
-    """Run `bflow ARGS` in this process, in tmp_path, as a fresh process with `bflow_env` would."""
-    with settings_from(bflow_env(tmp_path, env)), contextlib.chdir(tmp_path):
-        result = RUNNER.invoke(cli.main, list(args), prog_name="bflow")
-    stderr = result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        # Escaped `bflow`: the interpreter would print the traceback on stderr and exit 1.
-        assert result.exit_code == 1
-        stderr += "".join(traceback.format_exception(*result.exc_info))
-    return Ran(result.exit_code, result.stdout, stderr)
 
 
 def run_process(
