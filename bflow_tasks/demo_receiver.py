@@ -31,7 +31,10 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/bflow-webhooks"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="demo-receiver")
+        # Polled every 0.05 s rather than 0.5 s, so the demo ends without waiting on it.
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, args=(0.05,), daemon=True, name="demo-receiver"
+        )
 
     def accept(self, body: bytes, headers: dict[str, str]) -> None:
         """Verify one delivery (signature, timestamp) and record its event, once per webhook-id."""

@@ -1,4 +1,10 @@
-"""The `bflow` console script, run as a user runs it: a subprocess on the embedded default."""
+"""The `bflow` command line, as a user runs it.
+
+Most tests run the command in this process, as a fresh `bflow` process would (tests/bflow_cli.py:
+the environment, the working directory, stdout and stderr apart, an escaping exception's
+traceback). A few smoke tests start real `bflow` processes (the demo, an error path's two
+streams, `python -m bflow_tasks.cli`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,24 +22,37 @@ from sqlalchemy import create_engine, inspect, text
 
 from bflow_tasks import cli, migrations
 from tests import services
+from tests.api import helpers
+from tests.bflow_cli import Ran, bflow_env, run
 from tests.factories import leave_request_definition
 
 BFLOW = shutil.which("bflow", path=str(Path(sys.executable).parent)) or "bflow"
 
 
-def run(
-    tmp_path: Path, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+def run_process(
+    tmp_path: Path, *argv: str, timeout: float = 60, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run `bflow ARGS` in tmp_path with no BFLOW_* setting but an SQLite file there (and `env`)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("BFLOW_")}
-    env = {**base, "BFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'bflow.db'}", **(env or {})}
+    """Run ARGV (a `bflow` command line) as a real process in tmp_path, with `bflow_env`."""
     return subprocess.run(
-        [BFLOW, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
+        list(argv),
+        cwd=tmp_path,
+        env=bflow_env(tmp_path, env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
+@pytest.fixture(autouse=True)
+def empty_queues() -> Iterator[None]:
+    """An in-process demo leaves Beat's last messages in the in-memory broker: drop them."""
+    yield
+    helpers.purge_queues()
+
+
 def test_demo_runs_the_embedded_default_end_to_end(tmp_path):
-    result = run(tmp_path, "demo", timeout=180)
+    """`bflow demo` as a user runs it: a real process."""
+    result = run_process(tmp_path, BFLOW, "demo", timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "4 documents, as expected" in result.stdout
     assert "(0 rejected), in sequence order per runtime" in result.stdout
@@ -48,7 +68,7 @@ def test_demo_runs_the_embedded_default_end_to_end(tmp_path):
 
 
 def test_demo_json_prints_one_object(tmp_path):
-    result = run(tmp_path, "demo", "--json", timeout=180)
+    result = run(tmp_path, "demo", "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["ok"] is True and summary["error"] is None
@@ -112,7 +132,7 @@ def test_workflow_import_to_an_unknown_tenant_is_a_one_line_error(tmp_path, tena
     assert result.stderr.strip() == "Error: unknown tenant no-such-tenant"
 
 
-def json_error(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
+def json_error(result: Ran | subprocess.CompletedProcess[str]) -> dict[str, object]:
     """The one JSON object a failed --json command prints on stdout (its error line stays on stderr)."""
     assert result.returncode != 0, result.stdout
     payload = json.loads(result.stdout)
@@ -241,7 +261,7 @@ SUMMARY_KEYS = {"ok", "error", "tenant_id", "seconds", "webhooks", "runtimes"}
 
 def test_demo_json_reports_a_failed_demo_as_one_object(tmp_path):
     # A body limit below a definition's size: the shim answers the demo's POST /workflows 413.
-    result = run(tmp_path, "demo", "--json", env={"BFLOW_MAX_BODY_BYTES": "200"}, timeout=180)
+    result = run(tmp_path, "demo", "--json", env={"BFLOW_MAX_BODY_BYTES": "200"})
     assert result.returncode == 1, result.stdout + result.stderr
     summary = json.loads(result.stdout)
     assert set(summary) == SUMMARY_KEYS
@@ -282,3 +302,29 @@ def test_an_unknown_revision_is_one_error_line(tmp_path):
     assert result.returncode == 1, result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("Error: ") and "nope" in line, line
+
+
+# --- real processes ---------------------------------------------------------------------------
+
+
+def test_a_real_process_keeps_the_json_object_on_stdout_and_the_traceback_on_stderr(tmp_path):
+    migrations.upgrade(bflow_env(tmp_path)["BFLOW_DATABASE_URL"])
+    with sqlite3.connect(tmp_path / "bflow.db") as conn:
+        conn.execute("DROP TABLE runtime_viewer")
+    as_json = run_process(tmp_path, BFLOW, "archive", "--dry-run", "--json")
+    assert as_json.returncode == 1
+    error = json_error(as_json)
+    assert error["code"] == "internal_error" and "no such table: runtime_viewer" in error["message"]
+    assert "Traceback" in as_json.stderr and "no such table: runtime_viewer" in as_json.stderr
+
+
+def test_python_dash_m_runs_the_same_command_line(tmp_path):
+    upgraded = run_process(tmp_path, sys.executable, "-m", "bflow_tasks.cli", "db", "upgrade", "--json")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert json.loads(upgraded.stdout) == {
+        "revision": migrations.current(bflow_env(tmp_path)["BFLOW_DATABASE_URL"])
+    }
+    usage = run_process(tmp_path, sys.executable, "-m", "bflow_tasks.cli", "tenant", "create", "--json")
+    assert usage.returncode == 2
+    assert json_error(usage)["code"] == "usage_error"
+    assert "Usage: " in usage.stderr

@@ -11,8 +11,10 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from celery import beat
+from celery.utils import timer2
 from celery.worker import WorkController
 from celery.worker import state as worker_state
 
@@ -44,14 +46,62 @@ def running_queues() -> dict[str, list[str]]:
     return consumed
 
 
+# How long the in-process worker waits for a message (and Beat sleeps) before it looks at its
+# stop flag again.
+STOP_CHECK_SECONDS = 0.1
+
+
+def stop_promptly(consumer: Any) -> None:
+    """Make a worker on the in-process broker notice its stop flag within STOP_CHECK_SECONDS.
+
+    memory:// has no event loop, so the worker runs Celery's blocking loop, which waits up to
+    2 s for a message before it looks at `should_terminate`, and after seeing it runs one
+    more such wait: stopping took 2-4 s of doing nothing. Capping each wait (the transport
+    still polls every `polling_interval` inside it) makes the loop look every 0.1 s.
+    Call it before the loop starts: from `on_consumer_ready`.
+    """
+    connection = consumer.connection
+    drain = connection.drain_events
+
+    def drain_briefly(timeout: float | None = None, **kwargs: Any) -> Any:
+        cap = STOP_CHECK_SECONDS if timeout is None else min(timeout, STOP_CHECK_SECONDS)
+        return drain(timeout=cap, **kwargs)
+
+    connection.drain_events = drain_briefly
+
+
+def _nothing() -> None:
+    pass
+
+
+class PromptTimer(timer2.Timer):
+    """The worker's timer thread (countdowns, ETAs), stopping within its tick.
+
+    Celery's waits up to 1 s at a time for an entry when it has none, and only then looks at
+    its stop flag. A far entry added on stop wakes it, and from then on it sleeps at most
+    `max_interval` (the worker's timer_precision) between looks.
+    """
+
+    def stop(self) -> None:
+        if self.running:
+            self.call_after(3600, _nothing)
+        super().stop()
+
+
+# What a WorkController on the in-process broker takes to stop within STOP_CHECK_SECONDS, with
+# `stop_promptly` called from its on_consumer_ready.
+PROMPT_STOP: dict[str, Any] = {"timer_cls": PromptTimer, "timer_precision": STOP_CHECK_SECONDS}
+
+
 class _Worker(WorkController):
-    """A WorkController that says when its consumer is ready to take messages."""
+    """A WorkController that says when its consumer is ready to take messages, and stops promptly."""
 
     def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         self.ready = threading.Event()
         super().__init__(*args, **kwargs)
 
     def on_consumer_ready(self, consumer):  # type: ignore[no-untyped-def]
+        stop_promptly(consumer)
         self.ready.set()
 
 
@@ -68,6 +118,7 @@ def worker_and_beat(*, with_beat: bool = True, loglevel: str = "WARNING") -> Ite
         without_heartbeat=True,
         without_mingle=True,
         without_gossip=True,
+        **PROMPT_STOP,
     )
     worker_thread = threading.Thread(target=worker.start, daemon=True, name="bflow-worker")
     worker_thread.start()
@@ -76,15 +127,22 @@ def worker_and_beat(*, with_beat: bool = True, loglevel: str = "WARNING") -> Ite
     _running[worker_thread] = worker
     beat_service = None
     if with_beat:
-        # An in-memory schedule: nothing to write next to the database file.
-        beat_service = beat.EmbeddedService(app, thread=True, scheduler_cls="celery.beat:Scheduler")
-        beat_service.start()
+        # An in-memory schedule: nothing to write next to the database file. Celery's own
+        # threaded EmbeddedService ticks every second (stopping waited up to 1 s); Beat looks
+        # at its stop flag only between ticks, so this one ticks every STOP_CHECK_SECONDS.
+        beat_service = beat.Service(
+            app,
+            max_interval=STOP_CHECK_SECONDS,
+            scheduler_cls="celery.beat:Scheduler",
+            remote_control=False,
+        )
+        threading.Thread(target=beat_service.start, daemon=True, name="bflow-beat").start()
     try:
         yield
     finally:
         _running.pop(worker_thread, None)
         if beat_service is not None:
-            beat_service.stop()
+            beat_service.stop(wait=True)
         worker_state.should_terminate = 0
         worker_thread.join(timeout=15)
         worker_state.should_terminate = None

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +18,7 @@ from bflow_tasks.models import ARCHIVE_TWINS, Base, JobRun, utcnow
 from bflow_tasks.worker import maintenance_tasks
 from tests.api.helpers import API
 from tests.beat.conftest import T0, FakeClock
+from tests.bflow_cli import Ran, run
 from tests.engine.driver import Driver
 from tests.factories import leave_request_definition
 
@@ -198,9 +195,6 @@ def test_the_archive_task_runs_once_per_day_slot(
     assert rows(api_engine, "runtime", made["old"]) == 0
 
 
-BFLOW = shutil.which("bflow", path=str(Path(sys.executable).parent)) or "bflow"
-
-
 def test_bflow_archive_command_counts_then_moves_with_a_progress_bar(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'bflow.db'}"
     migrations.upgrade(url)
@@ -213,12 +207,9 @@ def test_bflow_archive_command_counts_then_moves_with_a_progress_bar(tmp_path: P
         made = seed(Driver(sessionmaker(engine, expire_on_commit=False)), fake, old=3, now=today)
     finally:
         clock.set_clock(None)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BFLOW_")} | {"BFLOW_DATABASE_URL": url}
 
-    def bflow(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [BFLOW, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
-        )
+    def bflow(*args: str) -> Ran:  # in this process, as a `bflow` process on that database would run
+        return run(tmp_path, *args, env={"BFLOW_DATABASE_URL": url})
 
     dry = bflow("archive", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr

@@ -10,6 +10,7 @@ command is the only thing the shim publishes).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +67,9 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="module")
 def world(stack: Stack) -> World:
-    tenant = stack.create_tenant("Acme")
+    # Two `bflow tenant create` processes at once: each spends a second starting up.
+    with ThreadPoolExecutor(2) as pool:
+        tenant, other = pool.map(stack.create_tenant, ("Acme", "Globex"))
     client = stack.client(tenant)
     ids = {
         name: client.call("POST", "/workflows", 201, json=definition)["id"]
@@ -76,7 +79,7 @@ def world(stack: Stack) -> World:
             "quorum": single_stage("quorum", ["q1", "q2", "q3"], quorum=2),
         }.items()
     }
-    return World(stack, client, stack.client(stack.create_tenant("Globex")), tenant, **ids)
+    return World(stack, client, stack.client(other), tenant, **ids)
 
 
 # --- helpers -------------------------------------------------------------------------------

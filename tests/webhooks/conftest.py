@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
-from celery.contrib.testing.worker import start_worker
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import Engine
@@ -15,10 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from api_shim.app import create_app
 from bflow_tasks.engine import clock
 from bflow_tasks.settings import settings
-from bflow_tasks.worker import celery_app
 from tests.api import helpers
 from tests.webhooks.receiver import Receiver
-from tests.webhooks.support import QUEUES
+from tests.webhooks.support import in_process_worker
 
 
 @pytest.fixture
@@ -75,12 +73,5 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture
 def worker(client: TestClient) -> Iterator[None]:
     """A real Celery worker (solo pool, every queue) in a thread, on the in-process broker."""
-    with start_worker(
-        celery_app.app,
-        pool="solo",
-        perform_ping_check=False,
-        queues=QUEUES,
-        loglevel="WARNING",
-        shutdown_timeout=30,
-    ):
+    with in_process_worker():
         yield

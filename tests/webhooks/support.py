@@ -3,19 +3,48 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from celery.contrib.testing.worker import TestWorkController, start_worker
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bflow_tasks.engine.webhooks import endpoint_secrets, endpoints, signatures
 from bflow_tasks.models import RuntimeEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from bflow_tasks.worker import celery_app, embedded
 from tests.api.helpers import API, Tenant
 
 QUEUES = ["workflow", "webhooks", "maintenance"]
+
+
+class PromptWorker(TestWorkController):
+    """Celery's test worker, stopping within 0.1 s as the embedded one does (not after 1-4 s)."""
+
+    __test__ = False
+
+    def on_consumer_ready(self, consumer: Any) -> None:
+        embedded.stop_promptly(consumer)
+        super().on_consumer_ready(consumer)
+
+
+@contextmanager
+def in_process_worker() -> Iterator[None]:
+    """A real Celery worker (solo pool, every queue) in a thread, on the in-process broker."""
+    with start_worker(
+        celery_app.app,
+        pool="solo",
+        perform_ping_check=False,
+        queues=QUEUES,
+        loglevel="WARNING",
+        shutdown_timeout=30,
+        WorkController=PromptWorker,
+        **embedded.PROMPT_STOP,
+    ):
+        yield
 
 
 def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0, what: str = "condition") -> Any:

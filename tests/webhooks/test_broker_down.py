@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-from celery.contrib.testing.worker import start_worker
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,7 +22,7 @@ from tests.api.helpers import (
     switch_broker,
 )
 from tests.webhooks.receiver import Receiver
-from tests.webhooks.support import QUEUES, register, tenant_events, wait_for_deliveries
+from tests.webhooks.support import in_process_worker, register, tenant_events, wait_for_deliveries
 
 
 def test_events_committed_while_the_broker_is_down_are_sent_by_the_sweep(
@@ -53,9 +52,7 @@ def test_events_committed_while_the_broker_is_down_are_sent_by_the_sweep(
     assert pending == len(tenant_events(api_engine, tenant.id)) > 3
     assert queued_messages("webhooks") == 0 and receiver.requests() == []
 
-    with start_worker(
-        celery_app.app, pool="solo", perform_ping_check=False, queues=QUEUES, loglevel="WARNING"
-    ):
+    with in_process_worker():
         webhook_tasks.sweep.delay()  # what Beat does every BFLOW_SWEEP_SECONDS
         rows = wait_for_deliveries(api_engine, hook["id"])
     assert len(rows) == pending and all(d.status == "delivered" for d in rows)

@@ -170,7 +170,7 @@ def test_past_the_last_retry_a_delivery_is_dead_lettered_and_a_replay_delivers_i
     api_engine: Engine,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(settings, "webhook_retry_scale", 0.00005)  # the whole schedule in ~5 s
+    monkeypatch.setattr(settings, "webhook_retry_scale", 0.00001)  # the whole schedule in ~1 s
     hook = register(client, tenant, receiver.url)
     receiver.reply = lambda r: 500 if r.payload["sequence"] == 1 else 200
     _submit(client, tenant, post_workflow(client, tenant)["id"], "LR-1")

@@ -172,7 +172,7 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path, list[str]]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), receiver._handler())
     server.socket = context.wrap_socket(server.socket, server_side=True)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
     yield server.server_address[1], ca_path, server_names
     server.shutdown()
     server.server_close()
