@@ -62,6 +62,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench import quiet  # noqa: E402  (once the repository is on the path)
 
 DATABASE_URL = os.environ.get(
     "BENCH_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/bflow_bench_engine?charset=utf8mb4"
@@ -107,6 +108,7 @@ def main() -> int:
     from bflow_tasks import migrations
 
     results: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    loads: list[float] = []  # the load average before each run
     try:
         with ExitStack() as cleanup:
             workdir = Path(tempfile.mkdtemp(prefix="bflow-bench-engine-"))
@@ -123,6 +125,8 @@ def main() -> int:
                 for run in range(1, args.runs + 1):
                     for flow in ("bflow", "baseline"):
                         label = f"[-c {concurrency}] run {run}/{args.runs} {flow}"
+                        loads.append(quiet.load_average())
+                        print(f"{label}: {quiet.describe(loads[-1])}", flush=True)
                         with worker(flow, concurrency, workdir, tally, label) as proc:
                             drive = drive_bflow if flow == "bflow" else drive_baseline
                             if args.warmup:
@@ -141,11 +145,12 @@ def main() -> int:
                         print(f"{label}: {describe(flow, result)}", flush=True)
                     pair = results[concurrency]
                     ratio = pair["bflow"][-1]["messages_per_s"] / pair["baseline"][-1]["messages_per_s"]
-                    print(f"[-c {concurrency}] run {run}/{args.runs}: ratio {ratio:.2f}x", flush=True)
+                    shown = quiet.ratio_or_refusal(ratio, load_before=loads[0])
+                    print(f"[-c {concurrency}] run {run}/{args.runs}: ratio {shown}", flush=True)
     except KeyboardInterrupt:
         print("\ninterrupted: every process this script started was stopped", file=sys.stderr)
         return 130
-    report(results, args)
+    report(results, args, loads)
     print(f"\ntook {time.monotonic() - began:.0f} s")
     return 0
 
@@ -690,7 +695,9 @@ def describe(flow: str, r: dict[str, Any]) -> str:
     return text + ("\n    CHECK: " + "; ".join(checks) if checks else "")
 
 
-def report(results: dict[int, dict[str, list[dict[str, Any]]]], args: argparse.Namespace) -> None:
+def report(
+    results: dict[int, dict[str, list[dict[str, Any]]]], args: argparse.Namespace, loads: list[float]
+) -> None:
     print(
         f"\n=== {args.runtimes} runtimes per run (half with amount >= 1000), "
         f"{args.runs} runs per configuration; medians, then each run ==="
@@ -725,6 +732,10 @@ def report(results: dict[int, dict[str, list[dict[str, Any]]]], args: argparse.N
         ratio = statistics.median(r["messages_per_s"] for r in ours) / statistics.median(
             r["messages_per_s"] for r in base
         )
+        if loads[0] > quiet.MAX_LOAD:
+            refusal = quiet.ratio_or_refusal(ratio, load_before=loads[0])
+            print(f"  {'ratio Bflow / baseline messages/s':<44} {refusal}")
+            continue
         verdict = "meets" if ratio >= 0.5 else "BELOW"
         print(
             f"  {'ratio Bflow / baseline messages/s':<44} {ratio:>8.2f}x   per run: "

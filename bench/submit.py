@@ -35,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench import quiet  # noqa: E402  (once the repository is on the path)
 
 DATABASE_URL = os.environ.get(
     "BENCH_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/bflow_bench?charset=utf8mb4"
@@ -97,7 +98,10 @@ def main() -> int:
         )
         workflow_id = workflow.id
 
-    raw_rates = [raw_publish_rate(args.baseline_messages) for _ in range(args.runs)]
+    raw_loads, raw_rates = [], []
+    for _ in range(args.runs):
+        raw_loads.append(quiet.load_average())
+        raw_rates.append(raw_publish_rate(args.baseline_messages))
     purge()
     raw = statistics.median(raw_rates)
 
@@ -116,25 +120,30 @@ def main() -> int:
 
     print(
         f"\nraw Celery publish (same chain, sequential, one process): {raw:,.0f}/s  runs: "
-        + ", ".join(f"{r:,.0f}" for r in raw_rates)
+        + ", ".join(
+            f"{r:,.0f} ({quiet.describe(load)})" for r, load in zip(raw_rates, raw_loads, strict=True)
+        )
     )
     print(f"shim POST /runtime/execute, uvicorn --workers {args.workers}, wrk -c{args.connections}:")
     for r in peaks:
         print(
             f"  peak run {r['tag']}: {r['rate']:,.0f}/s  p50 {r['p50']:.1f} ms  p99 {r['p99']:.1f} ms  "
-            f"non-2xx {r['errors']}"
+            f"non-2xx {r['errors']}  ({quiet.describe(float(r['load']))})"
         )
-    print(f"  median peak: {peak:,.0f}/s = {peak / raw:.2f}x raw publish")
+    quiet_at = raw_loads[0]  # the machine's own load: the script's runs raise it for the later ones
+    versus_raw = quiet.ratio_or_refusal(peak / raw, load_before=quiet_at)
+    print(f"  median peak: {peak:,.0f}/s = {versus_raw} raw publish")
     print(
         f"  at ~half the peak ({half['rate']:,.0f}/s offered with {delay_ms} ms per connection): "
         f"p50 {half['p50']:.1f} ms  p99 {half['p99']:.1f} ms  non-2xx {half['errors']}"
     )
     print("floor (bench/floor_app.py: the same HTTP stack, schema and publish; no token, no database):")
     print(
-        f"  median peak: {floor:,.0f}/s = {floor / raw:.2f}x raw publish  runs: "
-        + ", ".join(f"{r['rate']:,.0f}" for r in floors)
+        f"  median peak: {floor:,.0f}/s = {quiet.ratio_or_refusal(floor / raw, load_before=quiet_at)}"
+        + " raw publish  runs: "
+        + ", ".join(f"{r['rate']:,.0f} ({quiet.describe(float(r['load']))})" for r in floors)
     )
-    print(f"  the shim reaches {peak / floor:.2f}x its floor")
+    print(f"  the shim reaches {quiet.ratio_or_refusal(peak / floor, load_before=quiet_at)} its floor")
     # wrk stops counting at its deadline while the server finishes requests in flight, so
     # rows may exceed the 202s it saw; fewer rows than 202s would be accepted work lost.
     print(f"accepted (202) {accepted:,}  runtime rows {stored:,}  lost {max(0, accepted - stored):,}")
@@ -196,7 +205,10 @@ def peak_runs(
     """Load the server at `url` at full speed `--runs` times, purging the queue after each."""
     runs = []
     for run in range(args.runs):
-        runs.append(load(url, workflow_id, token, args, run_tag=f"{tag}{run}", delay_ms=0))
+        before = quiet.load_average()
+        runs.append(
+            {**load(url, workflow_id, token, args, run_tag=f"{tag}{run}", delay_ms=0), "load": before}
+        )
         purge()
     return runs
 
