@@ -12,6 +12,7 @@ from api_shim.routes import (
     metrics_routes,
     prometheus_routes,
     runtime_routes,
+    schema_routes,
     task_routes,
     webhook_routes,
     workflow_routes,
@@ -37,6 +38,7 @@ def create_app() -> FastAPI:
     for module in (workflow_routes, metrics_routes, runtime_routes, task_routes, webhook_routes):
         app.include_router(module.router, prefix=API_PREFIX, responses=error_responses.API_ERROR_RESPONSES)
     app.include_router(health_routes.router, prefix=API_PREFIX)
+    app.include_router(schema_routes.router, prefix=API_PREFIX)
     # Prometheus looks at /metrics by default; /api/v1/metrics is the API's own address.
     app.include_router(prometheus_routes.router)
     app.include_router(prometheus_routes.router, prefix=API_PREFIX)
