@@ -245,6 +245,10 @@ class NodeDef(_Strict):
 _COMPARISON_EXAMPLE: JsonDict = {"var": "amount", "op": ">=", "value": 1000}
 
 
+def _no_default(schema: JsonDict) -> None:
+    schema.pop("default", None)
+
+
 class ConditionComparison(_Strict):
     """A comparison of a document field with a value."""
 
@@ -265,6 +269,8 @@ class ConditionComparison(_Strict):
         description="what the field is compared with (a list for in/not_in; a number or a string "
         "for orderings; true or false for exists, default true)",
         examples=[1000, ["IT", "HR"]],
+        # Optional, but with no default of its own: exists defaults to true, the others need one.
+        json_schema_extra=_no_default,
     )
 
 
