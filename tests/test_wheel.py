@@ -28,6 +28,7 @@ from bflow_tasks import migrations
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = ROOT / "bflow_tasks" / "migrations"
+STATIC = ROOT / "api_shim" / "static"
 HEAD = ScriptDirectory.from_config(migrations.alembic_config()).get_current_head()
 
 pytestmark = pytest.mark.wheel
@@ -132,7 +133,13 @@ def test_the_wheel_holds_the_migrations_and_the_celery_modules(installed: Instal
         "beat_schedule.py",
         "api_shim/app.py",
         *revisions,
+        # The docs' assets: /api/v1/docs and /api/v1/redoc load nothing from elsewhere.
+        *(f"api_shim/static/{p.relative_to(STATIC).as_posix()}" for p in STATIC.rglob("*") if p.is_file()),
     }
+    assert {
+        "api_shim/static/swagger-ui/swagger-ui-bundle.js",
+        "api_shim/static/redoc/redoc.standalone.js",
+    } <= expected
     assert expected <= names, sorted(expected - names)
     # Nothing of the checkout that is not the product.
     tops = {name.split("/", 1)[0] for name in names if ".dist-info/" not in name}
@@ -144,12 +151,14 @@ def test_installed_modules_come_from_the_venv_not_the_checkout(installed: Instal
         "import json, sys, sysconfig\n"
         "import api_shim.app, beat_schedule, bflow_tasks, flower\n"
         "from bflow_tasks import migrations\n"
+        "from api_shim.routes import docs_routes\n"
         "assert bflow_tasks.app.conf.beat_schedule  # loads celeryconfig, which loads beat_schedule\n"
         "print(json.dumps({\n"
         "    'site': sysconfig.get_path('purelib'),\n"
         "    'modules': {name: sys.modules[name].__file__ for name in\n"
         "                ('bflow_tasks', 'api_shim', 'celeryconfig', 'beat_schedule')},\n"
         "    'scripts': str(migrations.SCRIPT_LOCATION),\n"
+        "    'static': str(docs_routes.STATIC_DIR),\n"
         "}))\n"
     )
     result = _check(_run([installed.bin / "python", "-c", probe], tmp_path, 60, installed.venv))
@@ -161,6 +170,10 @@ def test_installed_modules_come_from_the_venv_not_the_checkout(installed: Instal
         assert path.is_relative_to(site), f"{name} imported from {path}, not from {site}"
         assert not path.is_relative_to(ROOT), f"{name} imported from the checkout: {path}"
     assert Path(found["scripts"]).resolve() == site / "bflow_tasks" / "migrations"
+    static = Path(found["static"]).resolve()
+    assert static == site / "api_shim" / "static"
+    assert (static / "swagger-ui" / "swagger-ui-bundle.js").is_file()
+    assert (static / "redoc" / "redoc.standalone.js").is_file()
     # What docker-compose.yml runs, besides `bflow`.
     for script in ("bflow", "celery", "uvicorn"):
         assert (installed.bin / script).is_file(), script

@@ -5,18 +5,30 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request, Response
+from pydantic import BeforeValidator
 
 from api_shim import handover, reads, schemas
 from api_shim.auth import TenantDep
 from api_shim.deps import SessionDep
 from api_shim.pagination import PageDep
 from bflow_tasks.engine.definitions import workflow_store
+from bflow_tasks.engine.definitions.language import WorkflowDefinition
 
 router = APIRouter(prefix="/workflows", tags=["workflows"])
 
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
 # The body is the definition itself (docs/definitions.md); the engine validates it and reports every
-# problem with its JSON path, so the shim only insists that it is a JSON object.
-DefinitionBody = Annotated[dict[str, Any], Body(description="a workflow definition (docs/definitions.md)")]
+# problem with its JSON path, so the shim only insists that it is a JSON object. The OpenAPI still
+# shows the definition's schema (the WorkflowDefinition component, GET /schemas/workflow-definition).
+DefinitionBody = Annotated[
+    dict[str, Any],
+    BeforeValidator(_as_is, json_schema_input_type=WorkflowDefinition),
+    Body(description="a workflow definition (docs/definitions.md)"),
+]
 
 
 @router.post("", status_code=201, response_model=schemas.WorkflowRead)

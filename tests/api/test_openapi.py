@@ -55,7 +55,7 @@ def test_fastapis_own_validation_body_is_not_documented(openapi: dict[str, Any])
 
 def test_the_authenticated_routes_document_401_and_503(openapi: dict[str, Any]) -> None:
     for name, operation in _operations(openapi):
-        if "/health" in name or name.endswith("/metrics"):
+        if "/health" in name or name.endswith("/metrics") or "/schemas/" in name:
             continue
         assert _schema_ref(operation["responses"]["401"]) == ERROR_REF, name
         assert _schema_ref(operation["responses"]["503"]) == ERROR_REF, name

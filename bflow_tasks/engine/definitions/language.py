@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -14,6 +15,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonDict
 
 from bflow_tasks.engine.definitions import conditions, documents
 
@@ -31,20 +33,53 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The descriptions and examples below only feed the JSON Schema (GET /api/v1/schemas/
+# workflow-definition and the OpenAPI request bodies); they change no validation.
+
+
 class UsersSource(_Strict):
-    users: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(min_length=1)
+    """Approvers named in the definition: these user ids."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"users": ["fin1", "fin2", "fin3"]}]})
+
+    users: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
+        min_length=1,
+        description="user ids; a user named twice (here or in another source) is one approver",
+        examples=[["fin1", "fin2", "fin3"]],
+    )
 
 
 class FieldSource(_Strict):
-    field: str = Field(min_length=1, pattern=r"^data(\.[A-Za-z0-9_\-]+)+$")
+    """Approvers read from the document: the user id (or list of ids) at a path of its data."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"field": "data.manager"}]})
+
+    field: str = Field(
+        min_length=1,
+        pattern=r"^data(\.[A-Za-z0-9_\-]+)+$",
+        description="a dotted path into the document, starting with 'data.'",
+        examples=["data.manager", "data.requester.approvers"],
+    )
 
 
 class ActorOfSource(_Strict):
-    actor_of: str = Field(min_length=1)
+    """Approvers who acted on an earlier node of the same runtime."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"actor_of": "manager"}]})
+
+    actor_of: str = Field(
+        min_length=1,
+        description="the key of another node (not this one, not an end node)",
+        examples=["manager"],
+    )
 
 
 class SubmitterSource(_Strict):
-    submitter: Literal[True]
+    """The user who submitted the document."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"submitter": True}]})
+
+    submitter: Literal[True] = Field(description="always true", examples=[True])
 
 
 _SOURCE_KINDS = {
@@ -79,9 +114,35 @@ ApproverSource = Annotated[
 
 
 class Approvers(_Strict):
-    mode: Literal["all", "any", "quorum"] = "all"
-    quorum: int | None = Field(default=None, ge=1)
-    sources: list[ApproverSource] = Field(min_length=1)
+    """Who acts on an approve, todo or receive node, and how many of them must."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"sources": [{"field": "data.manager"}]},
+                {"mode": "quorum", "quorum": 2, "sources": [{"users": ["fin1", "fin2", "fin3"]}]},
+            ]
+        }
+    )
+
+    mode: Literal["all", "any", "quorum"] = Field(
+        default="all",
+        description="all: every approver acts; any: the first one decides; quorum: 'quorum' of them",
+        examples=["all", "any", "quorum"],
+    )
+    quorum: int | None = Field(
+        default=None,
+        ge=1,
+        description="how many approvals carry the node; only with mode 'quorum', and at most "
+        "the number of approvers",
+        examples=[2],
+    )
+    sources: list[ApproverSource] = Field(
+        min_length=1,
+        description="where the approvers come from; each source is an object with exactly one of "
+        "'users', 'field', 'actor_of', 'submitter'",
+        examples=[[{"users": ["fin1", "fin2"]}, {"field": "data.manager"}]],
+    )
 
     @model_validator(mode="after")
     def _quorum_goes_with_mode(self) -> Approvers:
@@ -105,34 +166,237 @@ class Approvers(_Strict):
 
 
 class NodeDef(_Strict):
-    key: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_\-]+$")
-    name: str = Field(min_length=1, max_length=255)
-    action: NodeAction
-    sla_hours: float | None = Field(default=None, gt=0, le=MAX_HOURS)
-    escalate_to: str | None = Field(default=None, min_length=1, max_length=255)
-    reminder_hours: float | None = Field(default=None, gt=0, le=MAX_HOURS)
-    zones: list[str] = Field(default_factory=list)
-    join: Literal["all", "any"] = "all"
-    approvers: Approvers | None = None
+    """A step of the workflow: the one create node, approve/todo/receive nodes, end nodes."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "key": "manager",
+                    "name": "Manager approves",
+                    "action": "approve",
+                    "sla_hours": 24,
+                    "approvers": {"sources": [{"field": "data.manager"}]},
+                }
+            ]
+        }
+    )
+
+    key: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_\-]+$",
+        description="the node's id, unique in the definition; associations refer to it",
+        examples=["manager"],
+    )
+    name: str = Field(
+        min_length=1, max_length=255, description="a label for people", examples=["Manager approves"]
+    )
+    action: NodeAction = Field(
+        description="create: where a runtime starts (exactly one); approve: approve, reject or return; "
+        "todo, receive: mark done; end: where a runtime finishes (at least one)",
+        examples=["approve"],
+    )
+    sla_hours: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_HOURS,
+        description="hours the node's tasks may stay open before they are overdue",
+        examples=[24],
+    )
+    escalate_to: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="the user id an overdue task is escalated to",
+        examples=["director"],
+    )
+    reminder_hours: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_HOURS,
+        description="hours after which an open task's assignees are reminded",
+        examples=[8],
+    )
+    zones: list[str] = Field(
+        default_factory=list,
+        description="the document fields this node's approvers may edit; each one of the workflow zones",
+        examples=[["cost_center"]],
+    )
+    join: Literal["all", "any"] = Field(
+        default="all",
+        description="when several branches lead here: all: wait for every branch opened; "
+        "any: open on the first",
+        examples=["all"],
+    )
+    approvers: Approvers | None = Field(
+        default=None,
+        description="who acts; required on approve, todo and receive nodes, refused on the others",
+        examples=[{"sources": [{"field": "data.manager"}]}],
+    )
 
     @property
     def needs_people(self) -> bool:
         return self.action in ("approve", "todo", "receive")
 
 
+# Conditions stay plain objects checked by conditions.check_condition (one precise error per
+# problem, with its path). These models only describe their grammar in the JSON Schema.
+_COMPARISON_EXAMPLE: JsonDict = {"var": "amount", "op": ">=", "value": 1000}
+
+
+def _no_default(schema: JsonDict) -> None:
+    schema.pop("default", None)
+
+
+class ConditionComparison(_Strict):
+    """A comparison of a document field with a value."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_COMPARISON_EXAMPLE]})
+
+    var: str = Field(
+        min_length=1,
+        description="a dotted path into the document data; a leading 'data.' is ignored",
+        examples=["amount", "requester.dept"],
+    )
+    op: Literal[conditions.OPS] = Field(  # type: ignore[valid-type]
+        description="==, !=, >, >=, <, <= compare; in, not_in take a list; contains tests a string "
+        "or a list; exists tests presence",
+        examples=[">=", "in"],
+    )
+    value: Any = Field(
+        default=None,
+        description="what the field is compared with (a list for in/not_in; a number or a string "
+        "for orderings; true or false for exists, default true)",
+        examples=[1000, ["IT", "HR"]],
+        # Optional, but with no default of its own: exists defaults to true, the others need one.
+        json_schema_extra=_no_default,
+    )
+
+
+class ConditionAll(_Strict):
+    """Holds when every condition holds (an empty list holds)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"all": [_COMPARISON_EXAMPLE]}]})
+
+    all_: list[Condition] = Field(
+        alias="all", description="the conditions that must all hold", examples=[[_COMPARISON_EXAMPLE]]
+    )
+
+
+class ConditionAny(_Strict):
+    """Holds when at least one condition holds (an empty list does not)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"any": [_COMPARISON_EXAMPLE]}]})
+
+    any_: list[Condition] = Field(
+        alias="any", description="the conditions of which one must hold", examples=[[_COMPARISON_EXAMPLE]]
+    )
+
+
+class ConditionNot(_Strict):
+    """Holds when its condition does not."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"not": _COMPARISON_EXAMPLE}]})
+
+    not_: Condition = Field(alias="not", description="the condition inverted", examples=[_COMPARISON_EXAMPLE])
+
+
+Condition = ConditionComparison | ConditionAll | ConditionAny | ConditionNot
+for _model in (ConditionAll, ConditionAny, ConditionNot):
+    _model.model_rebuild()
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
 class AssociationDef(_Strict):
-    source: str = Field(min_length=1)
-    dest: str = Field(min_length=1)
-    on: Outcome | None = None
-    condition: dict[str, Any] | None = None
+    """An edge: when `source` finishes (with outcome `on`, if given), open `dest` if `condition` holds."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"source": "submit", "dest": "manager"},
+                {"source": "manager", "dest": "finance", "on": "approve", "condition": _COMPARISON_EXAMPLE},
+            ]
+        }
+    )
+
+    source: str = Field(min_length=1, description="the key of the node it leaves", examples=["manager"])
+    dest: str = Field(min_length=1, description="the key of the node it opens", examples=["finance"])
+    on: Outcome | None = Field(
+        default=None,
+        description="the outcome it waits for: approve, reject, return (approve nodes), complete "
+        "(todo and receive nodes); none: any outcome",
+        examples=["approve"],
+    )
+    condition: Annotated[
+        dict[str, Any] | None, BeforeValidator(_as_is, json_schema_input_type=Condition | None)
+    ] = Field(
+        default=None,
+        description="a condition on the document data; the association is taken only when it holds",
+        examples=[_COMPARISON_EXAMPLE],
+    )
 
 
 class WorkflowDefinition(_Strict):
-    name: str = Field(min_length=1, max_length=255)
-    document_type: str = Field(min_length=1, max_length=100)
-    nodes: list[NodeDef] = Field(min_length=1)
-    associations: list[AssociationDef] = Field(default_factory=list)
-    zones: list[str] = Field(default_factory=list)
+    """A workflow definition (docs/definitions.md).
+
+    The schema checks the shape; the graph checks (one create node, at least one end node,
+    every node reachable, quorum within the approvers named...) are the API's (422 with paths).
+    """
+
+    model_config = ConfigDict(
+        title="WorkflowDefinition",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Leave request",
+                    "document_type": "leave_request",
+                    "nodes": [
+                        {"key": "submit", "name": "Employee submits", "action": "create"},
+                        {
+                            "key": "manager",
+                            "name": "Manager approves",
+                            "action": "approve",
+                            "approvers": {"sources": [{"field": "data.manager"}]},
+                        },
+                        {"key": "done", "name": "Approved", "action": "end"},
+                    ],
+                    "associations": [
+                        {"source": "submit", "dest": "manager"},
+                        {"source": "manager", "dest": "done", "on": "approve"},
+                    ],
+                }
+            ]
+        },
+    )
+
+    name: str = Field(
+        min_length=1, max_length=255, description="the workflow's name", examples=["Leave request"]
+    )
+    document_type: str = Field(
+        min_length=1,
+        max_length=100,
+        description="the kind of ERP document it approves",
+        examples=["leave_request"],
+    )
+    nodes: list[NodeDef] = Field(
+        min_length=1,
+        description="the steps; exactly one create node and at least one end node",
+        examples=[[{"key": "submit", "name": "Employee submits", "action": "create"}]],
+    )
+    associations: list[AssociationDef] = Field(
+        default_factory=list,
+        description="the edges between nodes",
+        examples=[[{"source": "submit", "dest": "manager"}]],
+    )
+    zones: list[str] = Field(
+        default_factory=list,
+        description="the document fields that nodes may let their approvers edit",
+        examples=[["cost_center", "supplier"]],
+    )
 
     @field_validator("nodes")
     @classmethod
