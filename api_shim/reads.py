@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import func, inspect, select
+from sqlalchemy import Select, func, inspect, select
 from sqlalchemy.orm import Session
 
 from api_shim import schemas
@@ -15,6 +15,7 @@ from bflow_tasks.engine.runtimes import stage_lifecycle
 from bflow_tasks.engine.timers import archiving
 from bflow_tasks.models import (
     Base,
+    Node,
     Runtime,
     RuntimeAssignee,
     RuntimeLog,
@@ -22,6 +23,9 @@ from bflow_tasks.models import (
     Workflow,
     WorkflowVersion,
 )
+
+# GET /runtimes/{id} shows this many of the latest log lines; /runtimes/{id}/log pages the rest.
+DETAIL_LOG_LINES = 50
 
 
 def workflow_read(workflow: Workflow, version: WorkflowVersion) -> schemas.WorkflowRead:
@@ -103,6 +107,51 @@ def runtime_detail(session: Session, *, tenant_id: str, runtime_id: str) -> sche
     )
 
 
+def _task_rows() -> Select[RuntimeAssignee, str, str, str, str]:
+    """A task with what an inbox shows beside it: its workflow, stage and document (one SELECT)."""
+    return (
+        select(
+            RuntimeAssignee,
+            Workflow.name.label("workflow_name"),
+            Node.name.label("stage_name"),
+            Runtime.document_type,
+            Runtime.document_id,
+        )
+        .join(Runtime, Runtime.id == RuntimeAssignee.runtime_id)
+        .join(Workflow, Workflow.id == Runtime.workflow_id)
+        .join(RuntimeStage, RuntimeStage.id == RuntimeAssignee.runtime_stage_id)
+        # The node of the definition version the runtime runs, so a later rename does not show.
+        .join(Node, Node.id == RuntimeStage.node_id)
+    )
+
+
+def _task_read(row: Any) -> schemas.TaskRead:
+    task = row[0]
+    return schemas.TaskRead.model_validate(
+        {
+            **_columns(task, schemas.TaskRead),
+            "workflow_name": row.workflow_name,
+            "stage_name": row.stage_name,
+            "document_type": row.document_type,
+            "document_id": row.document_id,
+        }
+    )
+
+
+def task_detail(session: Session, *, tenant_id: str, task_id: str) -> schemas.TaskRead:
+    """Return one of the tenant's tasks with its workflow, stage and document, or NotFound."""
+    row = session.execute(
+        _task_rows().where(
+            RuntimeAssignee.id == task_id,
+            RuntimeAssignee.tenant_id == tenant_id,
+            RuntimeAssignee.assign_type != "creator",
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"task {task_id} not found")
+    return _task_read(row)
+
+
 def list_tasks(
     session: Session,
     *,
@@ -110,27 +159,42 @@ def list_tasks(
     assignee: str | None,
     status: str | None,
     runtime_id: str | None,
+    document_type: str | None,
     offset: int,
     limit: int,
-) -> tuple[int, list[RuntimeAssignee]]:
-    """Return the count of the tenant's matching tasks and one page of them, oldest first."""
+) -> tuple[int, list[schemas.TaskRead]]:
+    """Return the count of the tenant's matching tasks and one page of them (two SELECTs).
+
+    Soonest due first, tasks without a due time last, then oldest first.
+    """
     # The create stage's row only records who submitted; it is nobody's task.
-    query = select(RuntimeAssignee).where(
-        RuntimeAssignee.tenant_id == tenant_id, RuntimeAssignee.assign_type != "creator"
-    )
+    where = [RuntimeAssignee.tenant_id == tenant_id, RuntimeAssignee.assign_type != "creator"]
     if assignee is not None:
-        query = query.where(RuntimeAssignee.user == assignee)
+        where.append(RuntimeAssignee.user == assignee)
     if status == "open":
-        query = query.where(RuntimeAssignee.status.in_(stage_lifecycle.OPEN_TASK_STATUSES))
+        where.append(RuntimeAssignee.status.in_(stage_lifecycle.OPEN_TASK_STATUSES))
     elif status is not None:
-        query = query.where(RuntimeAssignee.status == status)
+        where.append(RuntimeAssignee.status == status)
     if runtime_id is not None:
-        query = query.where(RuntimeAssignee.runtime_id == runtime_id)
-    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    page = session.scalars(
-        query.order_by(RuntimeAssignee.created_at, RuntimeAssignee.id).offset(offset).limit(limit)
+        where.append(RuntimeAssignee.runtime_id == runtime_id)
+    counted = select(RuntimeAssignee.id)
+    if document_type is not None:
+        where.append(Runtime.document_type == document_type)
+        counted = counted.join(Runtime, Runtime.id == RuntimeAssignee.runtime_id)
+    count = session.scalar(select(func.count()).select_from(counted.where(*where).subquery())) or 0
+    page = session.execute(
+        _task_rows()
+        .where(*where)
+        .order_by(
+            RuntimeAssignee.due_at.is_(None),
+            RuntimeAssignee.due_at,
+            RuntimeAssignee.created_at,
+            RuntimeAssignee.id,
+        )
+        .offset(offset)
+        .limit(limit)
     ).all()
-    return count, list(page)
+    return count, [_task_read(row) for row in page]
 
 
 def _archived_runtime_detail(session: Session, *, tenant_id: str, runtime_id: str) -> schemas.RuntimeRead:

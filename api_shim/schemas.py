@@ -195,6 +195,10 @@ class TaskRead(_Output):
     action_taken: str | None
     due_at: UTCDateTime | None
     created_at: UTCDateTime
+    workflow_name: str
+    stage_name: str = Field(description="the node's name in the definition version the runtime runs")
+    document_type: str
+    document_id: str
 
 
 class TaskPage(BaseModel):

@@ -110,15 +110,14 @@ def open_runtime(
     document_id: str = "LR-1",
 ) -> OpenRuntime:
     """Drive the engine directly (as the worker would) up to the first approval stage's tasks."""
+    raw = definition or zoned_definition()
     with session_factory() as session:
-        workflow, _ = workflow_store.create_workflow(
-            session, tenant_id=tenant.id, raw=definition or zoned_definition()
-        )
+        workflow, _ = workflow_store.create_workflow(session, tenant_id=tenant.id, raw=raw)
         runtime, command = admission.submit(
             session,
             tenant_id=tenant.id,
             workflow_id=workflow.id,
-            document_type="leave_request",
+            document_type=raw["document_type"],
             document_id=document_id,
             data={"amount": 500, "reason": "holiday"},
             submitted_by="alice",
