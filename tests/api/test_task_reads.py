@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event, select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from bflow_tasks import db
 from bflow_tasks.models import RuntimeAssignee
-from tests.api.helpers import API, Tenant, open_runtime, zoned_definition
-
-IGNORED = ("BEGIN", "SAVEPOINT", "RELEASE", "ROLLBACK", "PRAGMA", "COMMIT")
-
-
-@contextmanager
-def counted_statements() -> Iterator[list[str]]:
-    """Every SQL statement the test engine runs inside the block (the token lookup too)."""
-    statements: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        if statement.lstrip().split(None, 1)[0].upper() not in IGNORED:
-            statements.append(statement)
-
-    engine = db.get_engine()
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+from tests.api.helpers import API, Tenant, counted_statements, open_runtime, zoned_definition
 
 
 def expense_definition() -> dict[str, Any]:
