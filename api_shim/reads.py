@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Select, func, inspect, select
@@ -23,6 +24,7 @@ from bflow_tasks.models import (
     Workflow,
     WorkflowVersion,
 )
+from bflow_tasks.models.archive_tables import ARCHIVE_TWINS
 
 # GET /runtimes/{id} shows this many of the latest log lines; /runtimes/{id}/log pages the rest.
 DETAIL_LOG_LINES = 50
@@ -68,15 +70,19 @@ def workflow_summary(workflow: Workflow) -> schemas.WorkflowSummaryRead:
     )
 
 
-def runtime_detail(session: Session, *, tenant_id: str, runtime_id: str) -> schemas.RuntimeRead:
-    """Return a runtime with its stages, their assignees and its audit log (four queries)."""
+def runtime_detail(session: Session, *, tenant_id: str, runtime_id: str, log_url: str) -> schemas.RuntimeRead:
+    """Return a runtime with its stages, their assignees and its latest log lines (four queries).
+
+    `log_url` is where the whole log can be paged through (GET /runtimes/{id}/log): the
+    answer names it when it holds only the latest DETAIL_LOG_LINES lines.
+    """
     row = session.execute(
         select(Runtime, WorkflowVersion.version)
         .join(WorkflowVersion, WorkflowVersion.id == Runtime.workflow_version_id)
         .where(Runtime.id == runtime_id, Runtime.tenant_id == tenant_id)
     ).one_or_none()
     if row is None:
-        return _archived_runtime_detail(session, tenant_id=tenant_id, runtime_id=runtime_id)
+        return _archived_runtime_detail(session, tenant_id=tenant_id, runtime_id=runtime_id, log_url=log_url)
     runtime, version = row
     stage_rows = session.scalars(
         select(RuntimeStage).where(RuntimeStage.runtime_id == runtime.id).order_by(RuntimeStage.sequence)
@@ -88,9 +94,13 @@ def runtime_detail(session: Session, *, tenant_id: str, runtime_id: str) -> sche
         .order_by(RuntimeAssignee.created_at, RuntimeAssignee.id)
     ):
         assignees[assignee.runtime_stage_id].append(schemas.AssigneeRead.model_validate(assignee))
+    # The latest lines and one more, to know whether any were left out; shown oldest first.
     log_rows = session.scalars(
-        select(RuntimeLog).where(RuntimeLog.runtime_id == runtime.id).order_by(RuntimeLog.sequence)
-    ).all()
+        select(RuntimeLog)
+        .where(RuntimeLog.runtime_id == runtime.id)
+        .order_by(RuntimeLog.sequence.desc())
+        .limit(DETAIL_LOG_LINES + 1)
+    ).all()[::-1]
     stages = [
         schemas.StageRead.model_validate(
             {**_columns(stage, schemas.StageRead), "assignees": assignees.get(stage.id, [])}
@@ -102,9 +112,44 @@ def runtime_detail(session: Session, *, tenant_id: str, runtime_id: str) -> sche
             **_columns(runtime, schemas.RuntimeRead),
             "workflow_version": version,
             "stages": stages,
-            "log": [schemas.LogRead.model_validate(line) for line in log_rows],
+            **_latest_log(log_rows, log_url),
         }
     )
+
+
+def _latest_log(lines: Sequence[Any], log_url: str) -> dict[str, Any]:
+    """The last DETAIL_LOG_LINES of `lines` (in order), and where to read the rest if any."""
+    truncated = len(lines) > DETAIL_LOG_LINES
+    return {
+        "log": [schemas.LogRead.model_validate(line) for line in lines[-DETAIL_LOG_LINES:]],
+        "log_truncated": truncated,
+        "log_next": log_url if truncated else None,
+    }
+
+
+def runtime_log(
+    session: Session, *, tenant_id: str, runtime_id: str, after: int, limit: int
+) -> tuple[list[schemas.LogRead], bool]:
+    """Return up to `limit` of a runtime's log lines numbered above `after`, in order, and
+    whether more follow (two queries; an archived runtime's, three). NotFound if the tenant
+    has no such runtime, live or archived."""
+    log_t: Any = RuntimeLog.__table__
+    live = session.scalar(select(Runtime.id).where(Runtime.id == runtime_id, Runtime.tenant_id == tenant_id))
+    if live is None:
+        runtime_t, log_t = ARCHIVE_TWINS["runtime"], ARCHIVE_TWINS["runtime_log"]
+        archived = session.scalar(
+            select(runtime_t.c.id).where(runtime_t.c.id == runtime_id, runtime_t.c.tenant_id == tenant_id)
+        )
+        if archived is None:
+            raise NotFound(f"runtime {runtime_id} not found")
+    # (runtime_id, sequence) is indexed on runtime_log; one line more tells whether more follow.
+    lines = session.execute(
+        select(log_t)
+        .where(log_t.c.runtime_id == runtime_id, log_t.c.sequence > after)
+        .order_by(log_t.c.sequence, log_t.c.id)
+        .limit(limit + 1)
+    ).all()
+    return [schemas.LogRead.model_validate(line) for line in lines[:limit]], len(lines) > limit
 
 
 def _task_rows() -> Select[RuntimeAssignee, str, str, str, str]:
@@ -197,7 +242,9 @@ def list_tasks(
     return count, [_task_read(row) for row in page]
 
 
-def _archived_runtime_detail(session: Session, *, tenant_id: str, runtime_id: str) -> schemas.RuntimeRead:
+def _archived_runtime_detail(
+    session: Session, *, tenant_id: str, runtime_id: str, log_url: str
+) -> schemas.RuntimeRead:
     """Return an archived runtime as `runtime_detail` shows a live one, marked `archived`."""
     found = archiving.read_archived(session, tenant_id=tenant_id, runtime_id=runtime_id)
     if found is None:
@@ -216,7 +263,7 @@ def _archived_runtime_detail(session: Session, *, tenant_id: str, runtime_id: st
             **_columns(found.runtime, schemas.RuntimeRead),
             "workflow_version": found.version,
             "stages": stages,
-            "log": [schemas.LogRead.model_validate(line) for line in found.log],
+            **_latest_log(found.log, log_url),
             "archived": True,
         }
     )
