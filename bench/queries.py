@@ -114,6 +114,10 @@ def main() -> int:
         counts["engine  stages opened (chord body, a no-op)"], _ = measure(
             in_transaction(transitions.mark_started, stage_ids=stage_ids)
         )
+        counts["shim  GET /runtimes/{id}/log"], response = measure(
+            lambda: client.get(f"/api/v1/runtimes/{runtime_id}/log", headers=headers)
+        )
+        assert response.status_code == 200 and response.json()["results"], response.text
         task_id = driver.task_of(runtime_id, "u1")
         counts["shim  GET /tasks/{id}"], response = measure(
             lambda: client.get(f"/api/v1/tasks/{task_id}", headers=headers)
