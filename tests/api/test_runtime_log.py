@@ -170,3 +170,12 @@ def test_a_log_page_costs_at_most_3_statements_whatever_the_log_length(
         assert len(client.get(url, headers=tenant.headers).json()["results"]) == 200
     # The token (unless cached), the runtime (is it the tenant's?), the lines.
     assert len(statements) <= 3, statements
+
+
+def test_head_on_the_log_has_the_headers_of_get(
+    client: TestClient, tenant: Tenant, opened: OpenRuntime
+) -> None:
+    url = f"{API}/runtimes/{opened.runtime_id}/log"
+    got, head = client.get(url, headers=tenant.headers), client.head(url, headers=tenant.headers)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == got.headers["content-length"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -154,3 +155,19 @@ def test_a_page_of_tasks_costs_the_same_statements_whatever_its_size(
     large = cost(50)
     assert small <= 3 and large <= 3, (small, large)
     assert large == cost(1)
+
+
+@pytest.mark.parametrize(
+    ("query", "path"),
+    [
+        ("page_size=0", "query.page_size"),
+        ("page=0", "query.page"),
+        ("status=maybe", "query.status"),
+        ("document_type=", "query.document_type"),
+        (f"document_type={'x' * 101}", "query.document_type"),
+    ],
+)
+def test_bad_query_values_are_422(client: TestClient, tenant: Tenant, query: str, path: str) -> None:
+    response = client.get(f"{API}/tasks?{query}", headers=tenant.headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["details"][0]["path"] == path
