@@ -156,12 +156,21 @@ class StageRead(_Output):
 
 
 class LogRead(_Output):
+    sequence: int = Field(description="the line's place in its runtime's log: 1, 2, 3...")
     action: str
     actor: str | None
     stage_id: str | None
+    task_id: str | None = Field(validation_alias="assignee_id")
     message: str | None
     details: dict[str, Any] | None
     created_at: UTCDateTime
+
+
+class RuntimeLogPage(BaseModel):
+    """Audit lines after a sequence number, in order; `next` asks for the lines after these."""
+
+    results: list[LogRead]
+    next: str | None
 
 
 class RuntimeRead(_Output):
@@ -178,7 +187,9 @@ class RuntimeRead(_Output):
     ended_at: UTCDateTime | None
     error: str | None
     stages: list[StageRead]
-    log: list[LogRead]
+    log: list[LogRead] = Field(description="the latest 50 audit lines, oldest first")
+    log_truncated: bool = Field(False, description="earlier lines exist: read them at `log_next`")
+    log_next: str | None = Field(None, description="GET /runtimes/{id}/log from the first line, if truncated")
     # True once the runtime was moved to the archive tables (read-only history).
     archived: bool = False
 
@@ -195,6 +206,10 @@ class TaskRead(_Output):
     action_taken: str | None
     due_at: UTCDateTime | None
     created_at: UTCDateTime
+    workflow_name: str
+    stage_name: str = Field(description="the node's name in the definition version the runtime runs")
+    document_type: str
+    document_id: str
 
 
 class TaskPage(BaseModel):

@@ -114,6 +114,21 @@ def main() -> int:
         counts["engine  stages opened (chord body, a no-op)"], _ = measure(
             in_transaction(transitions.mark_started, stage_ids=stage_ids)
         )
+        counts["shim  GET /runtimes/{id}/log"], response = measure(
+            lambda: client.get(f"/api/v1/runtimes/{runtime_id}/log", headers=headers)
+        )
+        assert response.status_code == 200 and response.json()["results"], response.text
+        task_id = driver.task_of(runtime_id, "u1")
+        counts["shim  GET /tasks/{id}"], response = measure(
+            lambda: client.get(f"/api/v1/tasks/{task_id}", headers=headers)
+        )
+        assert response.status_code == 200, response.text
+        # 3 tasks on the empty database, a full page of 50 once the filler runtimes exist.
+        counts["shim  GET /tasks?page_size=50"], response = measure(
+            lambda: client.get("/api/v1/tasks?page_size=50", headers=headers)
+        )
+        assert response.status_code == 200, response.text
+        assert len(response.json()["results"]) == min(50, response.json()["count"])
         for user in ("u1", "u2", "u3"):
             task_id = driver.task_of(runtime_id, user)
             taken, response = measure(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Query, Request
 
 from api_shim import reads, schemas
 from api_shim.auth import TenantDep
 from api_shim.deps import SessionDep
 from api_shim.handover import commit_and_publish
+from api_shim.pagination import MAX_PAGE_SIZE
 from bflow_tasks.engine.runtimes import admission
 
 router = APIRouter(tags=["runtimes"])
@@ -49,9 +50,29 @@ def execute(
 
 
 @router.get("/runtimes/{runtime_id}", response_model=schemas.RuntimeRead)
-def get_runtime(runtime_id: str, session: SessionDep, tenant_id: TenantDep) -> schemas.RuntimeRead:
-    """Return a runtime's status, stages with their assignees, and its audit log."""
-    return reads.runtime_detail(session, tenant_id=tenant_id, runtime_id=runtime_id)
+def get_runtime(
+    runtime_id: str, request: Request, session: SessionDep, tenant_id: TenantDep
+) -> schemas.RuntimeRead:
+    """Return a runtime's status, stages with their assignees, and its latest audit lines."""
+    log_url = str(request.url_for("runtime_log", runtime_id=runtime_id))
+    return reads.runtime_detail(session, tenant_id=tenant_id, runtime_id=runtime_id, log_url=log_url)
+
+
+@router.get("/runtimes/{runtime_id}/log", name="runtime_log", response_model=schemas.RuntimeLogPage)
+def get_runtime_log(
+    runtime_id: str,
+    request: Request,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    after: Annotated[int, Query(ge=0, le=2**31 - 1, description="answer the lines after this sequence")] = 0,
+    page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+) -> schemas.RuntimeLogPage:
+    """Page through a runtime's whole audit log (archived runtimes' too), in order."""
+    lines, more = reads.runtime_log(
+        session, tenant_id=tenant_id, runtime_id=runtime_id, after=after, limit=page_size
+    )
+    next_url = str(request.url.include_query_params(after=lines[-1].sequence)) if more else None
+    return schemas.RuntimeLogPage(results=lines, next=next_url)
 
 
 @router.post("/runtimes/{runtime_id}/resubmit", status_code=202, response_model=schemas.CommandAccepted)

@@ -33,14 +33,16 @@ def list_tasks(
     assignee: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
     status: TaskStatus = None,
     runtime_id: Annotated[str | None, Query(min_length=1, max_length=36)] = None,
+    document_type: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
 ) -> schemas.TaskPage:
-    """List the tenant's tasks (by assignee, status, runtime), oldest first, one page at a time."""
+    """List the tenant's tasks (by assignee, status, runtime, document type), soonest due first."""
     count, rows = reads.list_tasks(
         session,
         tenant_id=tenant_id,
         assignee=assignee,
         status=status,
         runtime_id=runtime_id,
+        document_type=document_type,
         offset=page.offset,
         limit=page.page_size,
     )
@@ -49,8 +51,14 @@ def list_tasks(
         count=count,
         next=next_url,
         previous=previous_url,
-        results=[schemas.TaskRead.model_validate(row) for row in rows],
+        results=rows,
     )
+
+
+@router.get("/{task_id}", response_model=schemas.TaskRead)
+def get_task(task_id: str, session: SessionDep, tenant_id: TenantDep) -> schemas.TaskRead:
+    """Return one task with its workflow, stage and document."""
+    return reads.task_detail(session, tenant_id=tenant_id, task_id=task_id)
 
 
 @router.post("/{task_id}/action", status_code=202, response_model=schemas.TaskActionAccepted)

@@ -41,11 +41,23 @@ def create_workflow(body: DefinitionBody, session: SessionDep, tenant_id: Tenant
 
 @router.get("", response_model=schemas.WorkflowPage)
 def list_workflows(
-    request: Request, page: PageDep, session: SessionDep, tenant_id: TenantDep
+    request: Request,
+    page: PageDep,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    document_type: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
+    active: Annotated[
+        bool | None, Query(description="true: active only; false: deactivated only; default: both")
+    ] = None,
 ) -> schemas.WorkflowPage:
-    """List the tenant's workflows, newest first, one page at a time."""
+    """List the tenant's workflows (by document type, active or not), newest first, one page at a time."""
     count, rows = workflow_store.list_workflows(
-        session, tenant_id=tenant_id, offset=page.offset, limit=page.page_size
+        session,
+        tenant_id=tenant_id,
+        offset=page.offset,
+        limit=page.page_size,
+        document_type=document_type,
+        active=active,
     )
     next_url, previous_url = page.links(request, count)
     return schemas.WorkflowPage(

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi.testclient import TestClient
 from httpx import Response
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bflow_tasks import after_commit
+from bflow_tasks import after_commit, db
 from bflow_tasks.engine import tenants
 from bflow_tasks.engine.definitions import workflow_store
 from bflow_tasks.engine.runtimes import admission, transitions
@@ -27,6 +29,8 @@ from tests.factories import leave_request_definition
 
 API = "/api/v1"
 UNREACHABLE_BROKER = "redis://127.0.0.1:1/0"
+# Transaction control, not work: left out of statement counts (as bench/queries.py does).
+UNCOUNTED = ("BEGIN", "SAVEPOINT", "RELEASE", "ROLLBACK", "COMMIT", "PRAGMA")
 RUNTIME_TABLES = (Runtime, RuntimeCommand, RuntimeLog, RuntimeEvent, RuntimeViewer, RuntimeAssignee)
 
 
@@ -110,15 +114,14 @@ def open_runtime(
     document_id: str = "LR-1",
 ) -> OpenRuntime:
     """Drive the engine directly (as the worker would) up to the first approval stage's tasks."""
+    raw = definition or zoned_definition()
     with session_factory() as session:
-        workflow, _ = workflow_store.create_workflow(
-            session, tenant_id=tenant.id, raw=definition or zoned_definition()
-        )
+        workflow, _ = workflow_store.create_workflow(session, tenant_id=tenant.id, raw=raw)
         runtime, command = admission.submit(
             session,
             tenant_id=tenant.id,
             workflow_id=workflow.id,
-            document_type="leave_request",
+            document_type=raw["document_type"],
             document_id=document_id,
             data={"amount": 500, "reason": "holiday"},
             submitted_by="alice",
@@ -192,3 +195,20 @@ def switch_broker(url: str) -> None:
     celery_app.app.conf.broker_url = url
     celery_app.app._pool = None
     celery_app.app.amqp._producer_pool = None
+
+
+@contextmanager
+def counted_statements() -> Iterator[list[str]]:
+    """Every SQL statement the app's engine runs inside the block (the token lookup too)."""
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().split(None, 1)[0].upper() not in UNCOUNTED:
+            statements.append(statement)
+
+    engine = db.get_engine()
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)

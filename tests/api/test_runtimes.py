@@ -205,7 +205,11 @@ def test_runtime_detail_has_stages_assignees_and_log(
     }  # fmt: skip
     actions = [line["action"] for line in body["log"]]
     assert actions[:2] == ["runtime.submitted", "runtime.started"]
-    assert set(body["log"][0]) == {"action", "actor", "stage_id", "message", "details", "created_at"}
+    assert set(body["log"][0]) == {
+        "sequence", "action", "actor", "stage_id", "task_id", "message", "details", "created_at"
+    }  # fmt: skip
+    assert [line["sequence"] for line in body["log"]] == list(range(1, len(actions) + 1))
+    assert body["log_truncated"] is False and body["log_next"] is None
 
 
 def test_another_tenants_runtime_is_not_found(

@@ -202,6 +202,10 @@ def test_list_filters_by_assignee_status_and_runtime(
         "action_taken": None,
         "due_at": None,
         "created_at": task["created_at"],
+        "workflow_name": "Leave request",
+        "stage_name": "Manager review",
+        "document_type": "leave_request",
+        "document_id": "LR-1",
     }
     url = f"{API}/tasks?runtime_id={second.runtime_id}&status=pending"
     by_runtime = client.get(url, headers=tenant.headers).json()

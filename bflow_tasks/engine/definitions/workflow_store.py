@@ -123,14 +123,28 @@ def get_workflow(session: Session, *, tenant_id: str, workflow_id: str, for_upda
 
 
 def list_workflows(
-    session: Session, *, tenant_id: str, offset: int, limit: int
+    session: Session,
+    *,
+    tenant_id: str,
+    offset: int,
+    limit: int,
+    document_type: str | None = None,
+    active: bool | None = None,
 ) -> tuple[int, list[Workflow]]:
-    """Return the tenant's workflow count and one page of them, newest first."""
-    where = Workflow.tenant_id == tenant_id
-    count = session.scalar(select(func.count()).select_from(Workflow).where(where)) or 0
+    """Return the tenant's workflow count and one page of them, newest first.
+
+    `document_type` and `active` narrow the list when given; by default it holds active and
+    deactivated workflows alike.
+    """
+    where = [Workflow.tenant_id == tenant_id]
+    if document_type is not None:
+        where.append(Workflow.document_type == document_type)
+    if active is not None:
+        where.append(Workflow.is_active.is_(active))
+    count = session.scalar(select(func.count()).select_from(Workflow).where(*where)) or 0
     page = session.scalars(
         select(Workflow)
-        .where(where)
+        .where(*where)
         .order_by(Workflow.created_at.desc(), Workflow.id)
         .offset(offset)
         .limit(limit)
