@@ -396,3 +396,36 @@ def test_sqlite_0009_numbers_old_audit_lines(sqlite_url: str) -> None:
 @pytest.mark.services
 def test_mariadb_0009_numbers_old_audit_lines(mysql_engine: tuple[str, Engine]) -> None:
     check_0009_numbers_old_audit_lines(*mysql_engine)
+
+
+# --- 0011: api_token.expires_at, NULL (never) for the tokens there were ---------------------
+
+
+def check_0011_adds_a_nullable_expiry(url: str, engine: Engine) -> None:
+    migrations.upgrade(url, "0010")
+    with engine.begin() as connection:
+        _insert(connection, "tenant", id="t", name="acme", created_at=T0)
+        _insert(
+            connection, "api_token", id="k", tenant_id="t", name="default", token_hash="h" * 64, created_at=T0
+        )
+    assert "expires_at" not in {c["name"] for c in inspect(engine).get_columns("api_token")}
+    migrations.upgrade(url, "0011")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT id, expires_at FROM api_token")).all() == [("k", None)]
+    migrations.downgrade(url, "0010")
+    assert "expires_at" not in {c["name"] for c in inspect(engine).get_columns("api_token")}
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT id FROM api_token")).scalars().all() == ["k"]
+
+
+def test_sqlite_0011_adds_a_nullable_expiry(sqlite_url: str) -> None:
+    engine = create_engine(sqlite_url, poolclass=pool.NullPool)
+    try:
+        check_0011_adds_a_nullable_expiry(sqlite_url, engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.services
+def test_mariadb_0011_adds_a_nullable_expiry(mysql_engine: tuple[str, Engine]) -> None:
+    check_0011_adds_a_nullable_expiry(*mysql_engine)

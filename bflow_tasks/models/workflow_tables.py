@@ -35,6 +35,8 @@ class ApiToken(Timestamped, Base):
     # sha256 of the token: a leaked table does not leak credentials.
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     revoked_at: Mapped[datetime | None]
+    # None: the token never expires.
+    expires_at: Mapped[datetime | None]
 
 
 class Workflow(Timestamped, Base):
