@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+from datetime import datetime
 from typing import Any
 
 import click
@@ -162,6 +163,116 @@ def tenant_create(name: str, as_json: bool) -> None:
         {"tenant_id": tenant_id, "token": token},
         f"tenant {name} created: {tenant_id}\nAPI token (shown once, keep it safe): {token}",
     )
+
+
+@tenant.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def tenant_list(as_json: bool) -> None:
+    """List the tenants, with their number of live (unrevoked, unexpired) tokens."""
+    from bflow_tasks.db import session_scope
+    from bflow_tasks.engine import tenants
+
+    with session_scope() as session:
+        rows = [
+            {"id": t.id, "name": t.name, "created_at": _iso(t.created_at), "live_tokens": live}
+            for t, live in tenants.list_tenants(session)
+        ]
+    lines = [
+        f"{r['id']}  {r['name']}  created {r['created_at']}  live tokens {r['live_tokens']}" for r in rows
+    ]
+    _emit(as_json, {"tenants": rows}, "\n".join(lines) or "no tenants")
+
+
+@main.group()
+def token() -> None:
+    """A tenant's API tokens: create, list, revoke."""
+
+
+@token.command("create")
+@click.option("--tenant", "tenant_id", required=True, help="The tenant id the token acts for.")
+@click.option("--name", default="default", show_default=True, help="A label for the token.")
+@click.option("--expires-in", "expires_in", type=int, help="Days until it expires (default: never).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def token_create(tenant_id: str, name: str, expires_in: int | None, as_json: bool) -> None:
+    """Issue a new API token for a tenant and print it (shown this once only)."""
+    from bflow_tasks.db import session_scope
+    from bflow_tasks.engine import tenants
+
+    if expires_in is not None and expires_in < 1:
+        raise CliError(f"--expires-in must be 1 day or more, not {expires_in}", code="invalid_input")
+    with session_scope() as session:
+        try:
+            row, secret = tenants.create_token(
+                session, tenant_id=tenant_id, name=name, expires_in_days=expires_in
+            )
+        except tenants.UnknownTenant:
+            raise CliError(f"unknown tenant {tenant_id}", code="not_found") from None
+        payload = {
+            "token_id": row.id,
+            "tenant_id": tenant_id,
+            "token": secret,
+            "expires_at": _iso(row.expires_at),
+        }
+    expiry = f"expires {payload['expires_at']}" if row.expires_at else "never expires"
+    _emit(
+        as_json,
+        payload,
+        f"token {payload['token_id']} created ({expiry})\nAPI token (shown once, keep it safe): {secret}",
+    )
+
+
+@token.command("list")
+@click.option("--tenant", "tenant_id", required=True, help="The tenant id.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def token_list(tenant_id: str, as_json: bool) -> None:
+    """List a tenant's tokens (never the tokens themselves)."""
+    from bflow_tasks.db import session_scope
+    from bflow_tasks.engine import tenants
+
+    with session_scope() as session:
+        try:
+            rows = [_token_fields(found) for found in tenants.list_tokens(session, tenant_id=tenant_id)]
+        except tenants.UnknownTenant:
+            raise CliError(f"unknown tenant {tenant_id}", code="not_found") from None
+    lines = [
+        f"{r['id']}  {r['name']}  created {r['created_at']}  expires {r['expires_at'] or 'never'}"
+        + (f"  revoked {r['revoked_at']}" if r["revoked_at"] else "")
+        for r in rows
+    ]
+    _emit(as_json, {"tenant_id": tenant_id, "tokens": rows}, "\n".join(lines) or "no tokens")
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def token_revoke(token_id: str, as_json: bool) -> None:
+    """Revoke a token (again: no change). Shims refuse it within their 30 s token cache."""
+    from bflow_tasks.db import session_scope
+    from bflow_tasks.engine import tenants
+
+    with session_scope() as session:
+        try:
+            fields = _token_fields(tenants.revoke_token(session, token_id=token_id))
+        except tenants.UnknownToken:
+            raise CliError(f"unknown token {token_id}", code="not_found") from None
+    _emit(as_json, fields, f"token {token_id} revoked at {fields['revoked_at']}")
+
+
+def _token_fields(found: Any) -> dict[str, Any]:
+    """What the CLI shows of an ApiToken: never the token nor its hash."""
+    return {
+        "id": found.id,
+        "tenant_id": found.tenant_id,
+        "name": found.name,
+        "created_at": _iso(found.created_at),
+        "expires_at": _iso(found.expires_at),
+        "revoked_at": _iso(found.revoked_at),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    """A stored (naive UTC) time as ISO 8601 with its Z, or None."""
+    return None if value is None else value.isoformat() + "Z"
 
 
 @main.group()
