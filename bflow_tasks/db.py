@@ -154,7 +154,11 @@ def is_unreachable(exc: DBAPIError) -> bool:
 def is_missing_schema(exc: DBAPIError) -> bool:
     """True when the database answered "no such table/column" (SQLite, MySQL/MariaDB)."""
     if isinstance(exc.orig, sqlite3.OperationalError):
-        return str(exc.orig).startswith(("no such table", "no such column"))
+        message = str(exc.orig)
+        # An INSERT names the missing column differently: "table t has no column named c".
+        return message.startswith(("no such table", "no such column")) or (
+            message.startswith("table ") and " has no column named " in message
+        )
     return mysql_code(exc) in MYSQL_MISSING_SCHEMA_CODES
 
 

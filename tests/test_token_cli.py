@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -135,3 +136,23 @@ def test_a_lifetime_under_one_day_is_refused(tmp_path, tenant_id, days):
     assert error(run(tmp_path, *command, "--json"))["code"] == "invalid_input"
     listed = ok_json(run(tmp_path, "token", "list", "--tenant", tenant_id, "--json"))["tokens"]
     assert len(listed) == 1  # nothing was created
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("tenant", "list"),
+        ("token", "create", "--tenant", "t1"),
+        ("token", "list", "--tenant", "t1"),
+        ("token", "revoke", "k1"),
+    ],
+    ids=lambda command: " ".join(command[:2]),
+)
+def test_a_database_before_0011_is_one_line_saying_how_to_migrate(tmp_path, command):
+    assert run(tmp_path, "db", "upgrade", "--revision", "0010").returncode == 0
+    with sqlite3.connect(tmp_path / "bflow.db") as conn:
+        conn.execute("INSERT INTO tenant (id, name, created_at) VALUES ('t1', 'acme', '2026-01-01')")
+    result = run(tmp_path, *command, "--json")
+    failure = error(result)
+    assert failure["code"] == "schema_missing"
+    assert "at revision 0010" in failure["message"] and "run `bflow db upgrade`" in failure["message"]
