@@ -166,12 +166,25 @@ def _problems(errors: Any) -> list[dict[str, str]]:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
+    if status == 400 and exc.__cause__ is not None:
+        # FastAPI's own "error parsing the body" (bytes that are not UTF-8, JSON nested past
+        # the parser's recursion limit): a malformed body, answered as every other one is.
+        problem = {"path": "$", "message": _unparsable(exc.__cause__)}
+        return error_response(422, "invalid_input", "the request is not valid", [problem])
     code = HTTP_CODES.get(status, "error")
     message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
     headers = getattr(exc, "headers", None)
     if status == 405:
         headers = {**(headers or {}), "Allow": _allowed_methods(request)}
     return error_response(status, code, message, None, headers)
+
+
+def _unparsable(cause: BaseException) -> str:
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not valid UTF-8 ({cause.reason} at byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "the body is nested too deeply to parse as JSON"
+    return "the body could not be parsed as JSON"
 
 
 def _allowed_methods(request: Request) -> str:

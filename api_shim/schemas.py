@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -30,12 +31,25 @@ def _utc_query(value: datetime) -> datetime:
         raise ValueError("out of range once converted to UTC") from None
 
 
+def _no_control_characters(value: str) -> str:
+    # A NUL or another control character in a name is never meant: MariaDB and SQLite would
+    # store it, and every log line, audit line and webhook naming it would carry it on.
+    for position, char in enumerate(value):
+        if unicodedata.category(char) == "Cc":
+            code = f"U+{ord(char):04X}"
+            raise ValueError(f"must not contain a control character ({code} at position {position})")
+    return value
+
+
 UTCDateTime = Annotated[datetime, AfterValidator(_as_utc)]
 # A time in a query string, as given (any offset) but within range in UTC.
 QueryTime = Annotated[datetime, AfterValidator(_utc_query)]
 # A document's fields: stored, then served back by every read of its runtime.
 Document = Annotated[dict[str, Any], AfterValidator(_storable)]
-Name = Annotated[str, Field(min_length=1, max_length=255)]
+# Text a person or a program reads back as a name: no control character (C0, DEL, C1).
+PlainText = Annotated[str, AfterValidator(_no_control_characters)]
+Name = Annotated[PlainText, Field(min_length=1, max_length=255)]
+DocumentType = Annotated[PlainText, Field(min_length=1, max_length=100)]
 
 
 class _Input(BaseModel):
@@ -106,7 +120,7 @@ class WorkflowPage(BaseModel):
 
 class RuntimeCreate(_Input):
     workflow_id: Annotated[str, Field(min_length=1, max_length=36)]
-    document_type: Annotated[str, Field(min_length=1, max_length=100)]
+    document_type: DocumentType
     document_id: Name
     data: Document = Field(default_factory=dict)
     submitted_by: Name

@@ -30,10 +30,10 @@ def list_tasks(
     page: PageDep,
     session: SessionDep,
     tenant_id: TenantDep,
-    assignee: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+    assignee: Annotated[schemas.PlainText | None, Query(min_length=1, max_length=255)] = None,
     status: TaskStatus = None,
     runtime_id: Annotated[str | None, Query(min_length=1, max_length=36)] = None,
-    document_type: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
+    document_type: Annotated[schemas.PlainText | None, Query(min_length=1, max_length=100)] = None,
 ) -> schemas.TaskPage:
     """List the tenant's tasks (by assignee, status, runtime, document type), soonest due first."""
     count, rows = reads.list_tasks(

@@ -45,7 +45,7 @@ def list_workflows(
     page: PageDep,
     session: SessionDep,
     tenant_id: TenantDep,
-    document_type: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
+    document_type: Annotated[schemas.PlainText | None, Query(min_length=1, max_length=100)] = None,
     active: Annotated[
         bool | None, Query(description="true: active only; false: deactivated only; default: both")
     ] = None,

@@ -19,11 +19,11 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
-from urllib3.util import connection
+from urllib3.exceptions import ConnectTimeoutError, LocationParseError, NewConnectionError
+from urllib3.util import connection, parse_url
 
 from bflow_tasks.engine import clock
-from bflow_tasks.engine.webhooks.address_policy import Target
+from bflow_tasks.engine.webhooks.address_policy import SCHEMES, Target
 from bflow_tasks.engine.webhooks.leases import Outcome
 
 MAX_RESPONSE_BYTES = 2048
@@ -41,7 +41,12 @@ def post(
     verify: bool | str = True,
 ) -> Outcome:
     """POST `body` to `url` via `target.address`; never raise, describe what happened."""
-    pin = _Pin(target.address)
+    mismatch = _mismatch(url, target)
+    if mismatch is not None:
+        # The host requests would put in Host and SNI is not the one whose address was
+        # checked: sending would make the checked address speak for another host.
+        return Outcome(attempted_at=clock.now(), latency_ms=0, error_class="UnsafeUrl", error=mismatch)
+    pin = _Pin(target.address, target.port)
     # Socket timeouts bound each read; the watchdog bounds the whole attempt.
     watchdog = threading.Timer(timeout, pin.expire)
     watchdog.daemon = True
@@ -89,6 +94,21 @@ def post(
     )
 
 
+def _mismatch(url: str, target: Target) -> str | None:
+    """Say how urllib3's reading of `url` (the one requests sends with) differs from `target`'s."""
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    try:
+        sent = parse_url(url)
+        checked = parse_url(f"{target.scheme}://{host}:{target.port}/")
+    except LocationParseError as exc:
+        return f"the HTTP client cannot parse the URL ({exc})"
+    sent_at = (sent.scheme, sent.host, sent.port or SCHEMES.get(sent.scheme or "", 0))
+    checked_at = (checked.scheme, checked.host, checked.port)
+    if sent_at != checked_at:
+        return f"the HTTP client would send to {sent.netloc}, not to the host checked, {checked.netloc}"
+    return None
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """Parse Retry-After (seconds or an HTTP date) into seconds from now."""
     if not value:
@@ -112,8 +132,9 @@ def _ms(started: float) -> int:
 class _Pin:
     """The checked address connections must go to, and their sockets, cut when time is up."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, port: int):
         self.address = address
+        self.port = port
         self.expired = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -151,7 +172,7 @@ class _PinnedConnectionMixin:
     def _new_conn(self) -> socket.socket:
         try:
             sock = connection.create_connection(
-                (self._pin.address, self.port),
+                (self._pin.address, self._pin.port),
                 self.timeout,
                 source_address=self.source_address,
                 socket_options=self.socket_options,

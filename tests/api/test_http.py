@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_shim import reads
 from api_shim.app import create_app
+from api_shim.routes import health_routes
 from bflow_tasks import db
 from bflow_tasks.engine.definitions import documents
 from bflow_tasks.settings import settings
@@ -165,15 +168,68 @@ def test_health_on_the_in_process_broker_without_a_worker_is_503(client: TestCli
     assert body["checks"]["database"]["status"] == body["checks"]["broker"]["status"] == "ok"
 
 
+def assert_health_discloses_nothing(response: Response, failing: str, *leaks: str) -> None:
+    """Each check's name, status and latency; no exception class, driver message or address."""
+    body = response.json()
+    for name, check in body["checks"].items():
+        assert check["status"] in ("ok", "error") and isinstance(check["latency_ms"], float), name
+    assert body["checks"][failing] == {
+        "status": "error",
+        "latency_ms": body["checks"][failing]["latency_ms"],
+        "error": f"the {failing} check failed; the reason is in the server log",
+    }
+    for leak in ("127.0.0.1", ":1/", "Errno", "refused", *leaks):
+        assert leak not in response.text, leak
+    assert re.search(r"[A-Za-z]+(Error|Exception)\b", response.text) is None, response.text
+
+
+def assert_logged_once(caplog: pytest.LogCaptureFixture, check: str) -> logging.LogRecord:
+    records = [r for r in caplog.records if r.name == "api_shim.routes.health_routes"]
+    (record,) = [r for r in records if r.getMessage().startswith(f"health check {check} failed")]
+    assert record.exc_info is not None and record.levelno == logging.WARNING
+    return record
+
+
 @pytest.mark.usefixtures("broker_down")
-def test_health_is_503_naming_the_broker_when_it_is_down(client: TestClient) -> None:
-    response = client.get(f"{API}/health")
+def test_health_is_503_naming_the_broker_when_it_is_down(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    health_routes._cache.clear()
+    with caplog.at_level(logging.WARNING, logger="api_shim.routes.health_routes"):
+        response = client.get(f"{API}/health")
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "unavailable"
     assert body["checks"]["database"]["status"] == "ok"
     assert body["checks"]["broker"]["status"] == "error"
     assert body["error"]["details"] == {"failing": ["broker"]}
+    assert_health_discloses_nothing(response, "broker", "redis", "connecting")
+    # The reason is in the server's log, once, with the exception.
+    record = assert_logged_once(caplog, "broker")
+    assert record.exc_info is not None and "127.0.0.1" in str(record.exc_info[1])
+
+
+def test_health_with_the_database_down_names_the_check_and_not_the_reason(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A real connection refused (nothing listens on port 1), as the 503 test below does.
+    monkeypatch.setattr(settings, "database_url", "mysql+pymysql://root@127.0.0.1:1/bflow?charset=utf8mb4")
+    db.reset_engine()
+    health_routes._cache.clear()
+    try:
+        with (
+            TestClient(create_app()) as client,
+            caplog.at_level(logging.WARNING, logger="api_shim.routes.health_routes"),
+        ):
+            response = client.get(f"{API}/health/ready")
+    finally:
+        db.reset_engine()
+    assert response.status_code == 503
+    assert set(response.json()["checks"]) == {"database", "broker"}
+    assert response.json()["error"]["details"] == {"failing": ["database"]}
+    assert_health_discloses_nothing(response, "database", "Can't connect", "MySQL", "pymysql", "2003")
+    record = assert_logged_once(caplog, "database")
+    assert record.exc_info is not None and "Can't connect to MySQL server" in str(record.exc_info[1])
 
 
 def test_a_database_that_does_not_answer_gives_503_and_accepts_nothing(

@@ -117,6 +117,33 @@ def test_malformed_bodies_are_422_and_write_nothing(
     assert queued_messages() == 0
 
 
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"document_id": "LR-\xff"}', "the body is not valid UTF-8 (invalid start byte at byte 20)"),
+        (b'{"document_id": "caf\xe9"}', "the body is not valid UTF-8 (invalid continuation byte at byte 20)"),
+        (b"[" * 100_000 + b"]" * 100_000, "the body is nested too deeply to parse as JSON"),
+    ],
+)
+def test_a_body_json_cannot_parse_is_422_not_400_and_writes_nothing(
+    client: TestClient, tenant: Tenant, api_engine: Engine, raw: bytes, message: str
+) -> None:
+    # FastAPI answers these 400 "There was an error parsing the body" by itself.
+    headers = {**tenant.headers, "Content-Type": "application/json"}
+    for url in (f"{API}/runtime/execute", f"{API}/workflows", f"{API}/webhooks"):
+        response = client.post(url, content=raw, headers=headers)
+        assert response.status_code == 422, (url, response.text)
+        assert response.json() == {
+            "error": {
+                "code": "invalid_input",
+                "message": "the request is not valid",
+                "details": [{"path": "$", "message": message}],
+            }
+        }
+    assert_no_runtime_rows(api_engine)
+    assert queued_messages() == 0
+
+
 def test_a_document_that_could_not_be_served_back_is_422_and_writes_nothing(
     client: TestClient, tenant: Tenant, workflow_id: str, api_engine: Engine
 ) -> None:

@@ -17,7 +17,7 @@ from bflow_tasks.worker import webhook_sender
 from tests.api.helpers import API, Tenant, count, open_runtime, queued_messages
 from tests.webhooks.receiver import Receiver
 from tests.webhooks.support import deliveries, endpoint, register
-from tests.webhooks.test_ssrf import INVISIBLE_URLS, REFUSED_URLS
+from tests.webhooks.test_ssrf import AMBIGUOUS_URLS, INVISIBLE_URLS, REFUSED_URLS
 
 
 def test_register_list_get_delete_and_the_secret_is_shown_once(
@@ -104,6 +104,22 @@ def test_urls_with_control_characters_or_whitespace_are_422_and_register_nothing
     error = response.json()["error"]
     assert error["code"] == "invalid_input"
     assert error["message"].startswith("the URL may not receive webhooks: the URL contains ")
+    assert [d["path"] for d in error["details"]] == ["$.url"]
+    assert count(api_engine, WebhookEndpoint) == 0
+    assert queued_messages("webhooks") == 0
+
+
+@pytest.mark.parametrize(("url", "reason"), AMBIGUOUS_URLS)
+def test_urls_with_a_backslash_or_userinfo_are_422_and_register_nothing(
+    url: str, reason: str, client: TestClient, tenant: Tenant, api_engine: Engine
+) -> None:
+    assert settings.webhook_allow_private  # refused even where loopback receivers are allowed
+    response = client.post(f"{API}/webhooks", json={"url": url, "events": ["*"]}, headers=tenant.headers)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_input"
+    assert error["message"].startswith("the URL may not receive webhooks: ")
+    assert reason in error["message"]
     assert [d["path"] for d in error["details"]] == ["$.url"]
     assert count(api_engine, WebhookEndpoint) == 0
     assert queued_messages("webhooks") == 0

@@ -115,6 +115,32 @@ def test_urls_with_control_characters_or_whitespace_are_refused(url: str) -> Non
             address_policy.resolve(url, allow_private=allow_private)
 
 
+# Read as one host by urlsplit (the check) and as another by urllib3 (what requests sends
+# with), or carrying credentials: refused whatever the addresses, before any lookup.
+AMBIGUOUS_URLS = [
+    ("http://127.0.0.1:6379\\@93.184.215.14/hook", "a backslash at position 21"),
+    ("http://93.184.215.14\\@127.0.0.1/hook", "a backslash at position 20"),
+    ("https://erp.example.com/a\\b", "a backslash at position 25"),
+    ("http://127.0.0.1:6379/\\", "a backslash at position 22"),
+    ("http://user@93.184.215.14/hook", "carries a user name or password"),
+    ("http://user:pw@93.184.215.14/hook", "carries a user name or password"),
+    ("http://127.0.0.1:6379@93.184.215.14/hook", "carries a user name or password"),
+    ("http://@93.184.215.14/hook", "carries a user name or password"),
+    ("http://a@b@localhost/hook", "carries a user name or password"),
+]
+
+
+@pytest.mark.parametrize(("url", "reason"), AMBIGUOUS_URLS)
+def test_urls_with_a_backslash_or_userinfo_are_refused_even_when_private_targets_are(
+    url: str, reason: str
+) -> None:
+    for allow_private in (True, False):
+        with pytest.raises(address_policy.UnsafeUrl, match=reason):
+            address_policy.check_url(url, allow_private=allow_private)
+        with pytest.raises(address_policy.UnsafeUrl, match=reason):
+            address_policy.resolve(url, allow_private=allow_private)
+
+
 def test_a_public_address_resolves_to_itself_with_the_host_kept() -> None:
     target = address_policy.resolve("https://93.184.215.14/hook", allow_private=False)
     assert target == address_policy.Target(

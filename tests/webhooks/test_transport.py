@@ -48,6 +48,24 @@ def test_the_connection_goes_to_the_checked_address_with_the_original_host_heade
     assert request.headers["webhook-id"] == "msg_1"
 
 
+def test_a_url_the_http_client_reads_as_another_host_or_port_is_not_sent(receiver: Receiver) -> None:
+    # The check saw hook.invalid (or the receiver's port); urllib3 would send with another
+    # Host or port. Nothing is sent, not even to the checked address.
+    port = receiver.port
+    for url in (f"http://127.0.0.1:{port}\\@hook.invalid/hook", f"http://hook.invalid:{port + 1}/hook"):
+        outcome = http_transport.post(
+            url,
+            target=Target(scheme="http", host="hook.invalid", port=port, address="127.0.0.1"),
+            body=b"{}",
+            headers={},
+            timeout=2.0,
+            connect_timeout=1.0,
+        )
+        assert outcome.error_class == "UnsafeUrl" and outcome.status_code is None, url
+        assert "not to the host checked, hook.invalid" in (outcome.error or ""), outcome.error
+    assert receiver.requests() == []
+
+
 def test_redirects_are_not_followed_and_count_as_failures(receiver: Receiver) -> None:
     receiver.reply = lambda _r: (302, {"Location": f"http://127.0.0.1:{receiver.port}/elsewhere"}, b"", 0.0)
     outcome = _post(receiver.url, "127.0.0.1", port=receiver.port)

@@ -106,6 +106,7 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 
 def _split(url: str) -> tuple[str, str, int]:
     _refuse_invisible(url)
+    _refuse_ambiguous(url)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -114,9 +115,21 @@ def _split(url: str) -> tuple[str, str, int]:
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise UnsafeUrl("only http and https URLs may receive webhooks")
+    if "@" in parts.netloc:
+        # `user:pw@host`: parsers disagree on where the user ends and the host begins, and
+        # a receiver's credentials would be stored and shown as part of the URL.
+        raise UnsafeUrl("the URL carries a user name or password (user@ or user:password@ before the host)")
     if not parts.hostname:
         raise UnsafeUrl("the URL has no host")
     return scheme, parts.hostname, port or SCHEMES[scheme]
+
+
+def _refuse_ambiguous(url: str) -> None:
+    # urlsplit reads `http://a:1\@b/` as host b; requests and urllib3 (like browsers) end
+    # the host at the backslash and connect to a. Percent-encode it (%5C) in a path or query.
+    position = url.find("\\")
+    if position >= 0:
+        raise UnsafeUrl(f"the URL contains a backslash at position {position}")
 
 
 def _refuse_invisible(url: str) -> None:
