@@ -105,7 +105,7 @@ def list_tenants(session: Session) -> list[tuple[Tenant, int]]:
         .outerjoin(live, live.c.tenant_id == Tenant.id)
         .order_by(Tenant.created_at, Tenant.id)
     )
-    return [(found, int(count)) for found, count in rows.tuples()]
+    return [(found, int(count)) for found, count in rows]
 
 
 def _is_live(now: datetime) -> ColumnElement[bool]:
