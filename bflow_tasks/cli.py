@@ -12,6 +12,7 @@ import click
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
+from bflow_tasks.engine.domain_errors import BflowError
 from bflow_tasks.settings import settings
 
 # Commands that bring the schema up themselves: a missing table there is a bug to show whole.
@@ -81,6 +82,8 @@ class BflowGroup(click.Group):
     def _invoke_explaining_database_errors(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BflowError as exc:  # an engine refusal: its message and its code, as the API gives them
+            raise CliError(exc.message, code=exc.code, details=exc.details) from None
         except DBAPIError as exc:
             from bflow_tasks.db import is_missing_schema, is_unreachable
 
@@ -201,12 +204,9 @@ def token_create(tenant_id: str, name: str, expires_in: int | None, as_json: boo
     if expires_in is not None and expires_in < 1:
         raise CliError(f"--expires-in must be 1 day or more, not {expires_in}", code="invalid_input")
     with session_scope() as session:
-        try:
-            row, secret = tenants.create_token(
-                session, tenant_id=tenant_id, name=name, expires_in_days=expires_in
-            )
-        except tenants.UnknownTenant:
-            raise CliError(f"unknown tenant {tenant_id}", code="not_found") from None
+        row, secret = tenants.create_token(
+            session, tenant_id=tenant_id, name=name, expires_in_days=expires_in
+        )
         payload = {
             "token_id": row.id,
             "tenant_id": tenant_id,
@@ -230,10 +230,7 @@ def token_list(tenant_id: str, as_json: bool) -> None:
     from bflow_tasks.engine import tenants
 
     with session_scope() as session:
-        try:
-            rows = [_token_fields(found) for found in tenants.list_tokens(session, tenant_id=tenant_id)]
-        except tenants.UnknownTenant:
-            raise CliError(f"unknown tenant {tenant_id}", code="not_found") from None
+        rows = [_token_fields(found) for found in tenants.list_tokens(session, tenant_id=tenant_id)]
     lines = [
         f"{r['id']}  {r['name']}  created {r['created_at']}  expires {r['expires_at'] or 'never'}"
         + (f"  revoked {r['revoked_at']}" if r["revoked_at"] else "")
@@ -251,10 +248,7 @@ def token_revoke(token_id: str, as_json: bool) -> None:
     from bflow_tasks.engine import tenants
 
     with session_scope() as session:
-        try:
-            fields = _token_fields(tenants.revoke_token(session, token_id=token_id))
-        except tenants.UnknownToken:
-            raise CliError(f"unknown token {token_id}", code="not_found") from None
+        fields = _token_fields(tenants.revoke_token(session, token_id=token_id))
     _emit(as_json, fields, f"token {token_id} revoked at {fields['revoked_at']}")
 
 

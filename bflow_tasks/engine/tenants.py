@@ -11,6 +11,7 @@ from cachetools import TTLCache
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
+from bflow_tasks.engine.domain_errors import InvalidInput, NotFound
 from bflow_tasks.models import ApiToken, Tenant, utcnow
 
 TOKEN_PREFIX = "bflow_"
@@ -24,14 +25,6 @@ _tenant_by_digest: TTLCache[str, tuple[str, datetime | None]] = TTLCache(
     maxsize=10_000, ttl=TOKEN_CACHE_SECONDS
 )
 _cache_lock = threading.Lock()
-
-
-class UnknownTenant(LookupError):
-    """No tenant has this id."""
-
-
-class UnknownToken(LookupError):
-    """No API token has this id."""
 
 
 def create_tenant(session: Session, *, name: str) -> tuple[Tenant, str]:
@@ -52,13 +45,13 @@ def create_token(
 ) -> tuple[ApiToken, str]:
     """Issue a token for an existing tenant, expiring after `expires_in_days` (None: never).
 
-    Return the row and the token in clear (only its hash is kept). Raise UnknownTenant, or
-    ValueError for a lifetime under one day.
+    Return the row and the token in clear (only its hash is kept). Raise NotFound for an
+    unknown tenant, InvalidInput for a lifetime under one day.
     """
     if expires_in_days is not None and expires_in_days < 1:
-        raise ValueError(f"a token must live at least 1 day, not {expires_in_days}")
+        raise InvalidInput(f"a token must live at least 1 day, not {expires_in_days}")
     if session.get(Tenant, tenant_id) is None:
-        raise UnknownTenant(tenant_id)
+        raise NotFound(f"unknown tenant {tenant_id}")
     expires_at = None if expires_in_days is None else utcnow() + timedelta(days=expires_in_days)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(tenant_id=tenant_id, name=name, token_hash=hash_token(token), expires_at=expires_at)
@@ -68,9 +61,9 @@ def create_token(
 
 
 def list_tokens(session: Session, *, tenant_id: str) -> list[ApiToken]:
-    """A tenant's tokens, oldest first, revoked and expired ones included. Raise UnknownTenant."""
+    """A tenant's tokens, oldest first, revoked and expired ones included. Raise NotFound."""
     if session.get(Tenant, tenant_id) is None:
-        raise UnknownTenant(tenant_id)
+        raise NotFound(f"unknown tenant {tenant_id}")
     return list(
         session.scalars(
             select(ApiToken).where(ApiToken.tenant_id == tenant_id).order_by(ApiToken.created_at, ApiToken.id)
@@ -79,13 +72,13 @@ def list_tokens(session: Session, *, tenant_id: str) -> list[ApiToken]:
 
 
 def revoke_token(session: Session, *, token_id: str) -> ApiToken:
-    """Revoke a token (a revoked one keeps its first revoked_at). Raise UnknownToken.
+    """Revoke a token (a revoked one keeps its first revoked_at). Raise NotFound.
 
     Shim processes that saw the token valid keep accepting it for up to TOKEN_CACHE_SECONDS.
     """
     row = session.get(ApiToken, token_id)
     if row is None:
-        raise UnknownToken(token_id)
+        raise NotFound(f"unknown token {token_id}")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         session.flush()
