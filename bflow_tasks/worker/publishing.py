@@ -29,8 +29,9 @@ PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "i
 WEBHOOK_PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 
 
-# Nobody reads these tasks' results (a chain hands a task's return value to the next task in
-# its message): a publisher that expected one would SUBSCRIBE to it in Redis for nothing.
+# Nobody reads these tasks' results: a chain hands a task's return value to the next task in
+# its message. Storing them would cost every publisher a SUBSCRIBE (a message built by name
+# must say so itself) and every task two writes to the result backend (STARTED, SUCCESS).
 UNSTORED = {"ignore_result": True}
 
 

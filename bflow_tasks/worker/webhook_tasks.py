@@ -21,7 +21,7 @@ from bflow_tasks.worker.publishing import unit_of_work
     retry_backoff=True,
     retry_backoff_max=60,
     max_retries=12,
-    ignore_result=True,  # nothing reads it (see workflow.UNSTORED)
+    **publishing.UNSTORED,  # nothing reads its result
 )
 def deliver(endpoint_id: str, runtime_id: str | None = None) -> None:
     """Send a stream's due deliveries in order; a short retry rides a countdown, a long one the sweep."""
