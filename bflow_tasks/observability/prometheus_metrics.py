@@ -8,7 +8,6 @@ default, one process) the default registry holds everything.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from collections.abc import Iterable
@@ -17,8 +16,6 @@ from typing import Any
 from celery.signals import worker_process_shutdown
 from prometheus_client import Counter, Histogram, values
 from prometheus_client import multiprocess as prometheus_multiprocess
-
-log = logging.getLogger(__name__)
 
 ENDED = {"runtime.completed", "runtime.rejected", "runtime.cancelled", "runtime.error"}
 
